@@ -1,0 +1,51 @@
+"""Atomic file writes: a crash mid-write never leaves a broken file.
+
+Each writer writes a temporary file in the destination's folder, flushes
+it to disk and renames it over the destination (``os.replace`` is atomic on
+POSIX and Windows within one file system).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode="wb"):
+    """Open a temporary file beside ``path``; on success rename it to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def save_npz(path, arrays: dict) -> None:
+    """``numpy.savez`` of host arrays, atomically."""
+    with atomic_open(path, "wb") as handle:
+        numpy.savez(handle, **arrays)
+
+
+def write_text(path, text: str) -> None:
+    """Write a text file atomically (UTF-8)."""
+    with atomic_open(path, "w") as handle:
+        handle.write(text)
+
+
+def write_json(path, obj) -> None:
+    """Write ``obj`` as indented, key-sorted JSON, atomically."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")

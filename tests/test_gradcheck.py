@@ -1,0 +1,79 @@
+"""Every layer pair and every parameter of every model against central
+finite differences in float64 — and proof that the checker catches the
+mistakes it is there for."""
+
+import numpy
+import pytest
+
+from nca_np import gradcheck, layers
+from nca_np.gradcheck import THRESHOLD, check_layer_pairs, check_model_gradients
+from nca_np.models import DEPTHS, KINDS
+
+
+def test_layer_pairs_match_finite_differences():
+    results = check_layer_pairs()
+    assert len(results) == 9
+    for name, error in results:
+        assert error < THRESHOLD, name
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_model_parameter_matches_finite_differences(kind):
+    results = check_model_gradients(kind)
+    assert len(results) == 2 * DEPTHS[kind]
+    for name, error in results:
+        assert error < THRESHOLD, name
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_check_point_has_active_and_inactive_relus(kind):
+    model, X, _ = gradcheck.model_check_point(kind)
+    h = X
+    for W, b in zip(model.weights, model.biases):
+        z = h @ W.T + b
+        assert (z > 0).any() and (z < 0).any()
+        h = numpy.maximum(z, 0)
+
+
+def test_numerical_gradient_of_a_known_function():
+    x = numpy.array([1.0, -2.0, 0.5])
+    grad = gradcheck.numerical_gradient(lambda: float((x ** 3).sum()), x)
+    numpy.testing.assert_allclose(grad, 3 * x ** 2, rtol=1e-8)
+    numpy.testing.assert_array_equal(x, [1.0, -2.0, 0.5])  # restored
+    with pytest.raises(ValueError, match="float64"):
+        gradcheck.numerical_gradient(lambda: 0.0, x.astype(numpy.float32))
+
+
+def test_relative_error_uses_the_floor():
+    assert gradcheck.max_relative_error(numpy.zeros(3), numpy.zeros(3)) == 0.0
+    assert gradcheck.max_relative_error(numpy.array([2.0]), numpy.array([1.0])) == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("mistake", ["half", "transpose", "no-mask", "sign"])
+def test_checker_catches_planted_mistakes(monkeypatch, mistake):
+    correct = layers.dense_relu_backward
+
+    def wrong(da, cache, **kwargs):
+        if mistake == "no-mask":  # forget δz = δa ⊙ g'(z)
+            x, W, a = cache
+            return da @ W if kwargs.get("need_dx", True) else None, da.T @ x, da.sum(axis=0)
+        dx, dW, db = correct(da, cache, **kwargs)
+        if mistake == "half":
+            dW = dW / 2
+        elif mistake == "transpose":
+            dW = dW.T.copy()
+        elif mistake == "sign":
+            dW = -dW
+        return dx, dW, db
+
+    import nca_np.models
+    monkeypatch.setattr(nca_np.models, "dense_relu_backward", wrong)
+    errors = dict(check_model_gradients("dae"))
+    assert max(errors["dae W_1"], errors["dae W_2"]) > 100 * THRESHOLD
+
+
+def test_checker_catches_a_missing_factor_of_two_in_the_loss(monkeypatch):
+    import nca_np.models
+    monkeypatch.setattr(nca_np.models, "mse_backward", lambda cache: cache[0] / cache[1])
+    errors = dict(check_model_gradients("sf"))
+    assert errors["sf W_2"] == pytest.approx(1 / 3, rel=1e-3)

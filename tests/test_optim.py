@@ -1,0 +1,90 @@
+import numpy
+import pytest
+
+from nca_np import backend, optim
+from nca_np.optim import Adam, PlateauSchedule
+
+
+def test_adam_two_steps_by_hand(xp_module):
+    p = backend.to_device(numpy.array([1.0]), xp_module)
+    adam = Adam([p], lr=0.1)
+    adam.step([backend.to_device(numpy.array([0.5]), xp_module)])
+    # t = 1: m = 0.1·0.5 = 0.05, v = 0.001·0.25 = 0.00025,
+    # m̂ = 0.05/0.1 = 0.5, v̂ = 0.00025/0.001 = 0.25, step = 0.1·0.5/(0.5 + 1e-8)
+    p1 = 1.0 - 0.1 * 0.5 / (0.5 + 1e-8)
+    assert backend.to_host(p)[0] == pytest.approx(p1, abs=1e-15)
+    adam.step([backend.to_device(numpy.array([-1.0]), xp_module)])
+    # t = 2: m = 0.9·0.05 − 0.1 = −0.055, v = 0.999·0.00025 + 0.001 = 0.00124975,
+    # m̂ = −0.055/0.19, v̂ = 0.00124975/0.001999
+    p2 = p1 - 0.1 * (-0.055 / 0.19) / (numpy.sqrt(0.00124975 / 0.001999) + 1e-8)
+    assert backend.to_host(p)[0] == pytest.approx(p2, abs=1e-15)
+    assert adam.t == 2
+    assert backend.to_host(adam.m[0])[0] == pytest.approx(-0.055, rel=1e-14)
+    assert backend.to_host(adam.v[0])[0] == pytest.approx(0.00124975, rel=1e-14)
+
+
+def test_chunked_update_equals_the_formula_across_chunk_borders(monkeypatch):
+    monkeypatch.setattr(optim, "CHUNK", 7)
+    rng = backend.rng(0)
+    p = rng.normal(size=(5, 9))
+    start = p.copy()
+    grads = [rng.normal(size=(5, 9)) for _ in range(3)]
+    adam = Adam([p], lr=0.01, beta1=0.8, beta2=0.99, eps=1e-6)
+    m = numpy.zeros_like(p)
+    v = numpy.zeros_like(p)
+    ref = start.copy()
+    for t, g in enumerate(grads, start=1):
+        adam.step([g])
+        m = 0.8 * m + 0.2 * g
+        v = 0.99 * v + 0.01 * g * g
+        ref = ref - 0.01 * (m / (1 - 0.8 ** t)) / (numpy.sqrt(v / (1 - 0.99 ** t)) + 1e-6)
+    numpy.testing.assert_allclose(p, ref, rtol=1e-13, atol=1e-15)
+
+
+def test_float32_parameters_stay_float32():
+    p = numpy.ones(4, dtype=numpy.float32)
+    adam = Adam([p])
+    adam.step([numpy.full(4, 0.5, dtype=numpy.float32)])
+    assert p.dtype == numpy.float32 and adam.m[0].dtype == numpy.float32
+    assert p[0] == pytest.approx(1.0 - 1e-4, rel=1e-6)
+
+
+def test_state_round_trip_continues_identically():
+    rng = backend.rng(1)
+    grads = [rng.normal(size=6) for _ in range(4)]
+    p = numpy.zeros(6)
+    a = Adam([p], lr=0.1)
+    for g in grads[:2]:
+        a.step([g])
+    q = p.copy()
+    b = Adam([q], lr=0.5)
+    b.load_state_dict({k: (v if k not in ("m", "v") else [x.copy() for x in v]) for k, v in a.state_dict().items()})
+    for g in grads[2:]:
+        a.step([g])
+        b.step([g])
+    numpy.testing.assert_array_equal(p, q)
+
+
+def test_step_rejects_mismatched_gradients():
+    with pytest.raises(ValueError, match="2 gradients for 1 parameters"):
+        Adam([numpy.zeros(2)]).step([numpy.zeros(2), numpy.zeros(2)])
+    with pytest.raises(ValueError, match=r"shape \(3,\) for a parameter of shape \(2,\)"):
+        Adam([numpy.zeros(2)]).step([numpy.zeros(3)])
+
+
+def test_plateau_schedule_halves_after_two_and_stops_after_four():
+    s = PlateauSchedule(patience_halve=2, patience_stop=4, max_epochs=50)
+    decisions = [s.update(x) for x in [5.0, 4.0, 4.5, 4.1, 3.0, 3.5, 3.2, 3.1, 3.0]]
+    assert decisions == ["improved", "improved", "same", "reduce", "improved",
+                         "same", "reduce", "same", "stop"]
+    assert s.best == 3.0
+
+
+def test_plateau_schedule_stops_at_max_epochs_and_round_trips():
+    s = PlateauSchedule(max_epochs=3)
+    assert [s.update(x) for x in [3.0, 2.0, 1.0]] == ["improved", "improved", "stop"]
+    s2 = PlateauSchedule(max_epochs=10)
+    s2.update(1.0)
+    s2.update(2.0)
+    copy = PlateauSchedule.from_state(s2.state_dict())
+    assert copy.update(2.0) == s2.update(2.0) == "reduce"
