@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy
@@ -21,9 +20,11 @@ def atomic_open(path, mode="wb"):
     """Open a temporary file beside ``path``; on success rename it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # A per-process name (not mkstemp, whose files are private to the owner)
+    # so concurrent writers of the same file never share a temporary.
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     try:
-        with os.fdopen(fd, mode) as handle:
+        with open(tmp, mode) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
