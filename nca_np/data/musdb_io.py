@@ -1,0 +1,401 @@
+"""MUSDB18 on disk: finding, validating and reading its tracks (MATH.md §6).
+
+Two releases share one layout, ``<root>/train`` and ``<root>/test``:
+
+- the stems release: one ``<track name>.stem.mp4`` per track (AAC streams
+  mixture, drums, bass, other, vocals), decoded by ``musdb``/``stempeg``
+  through ffmpeg;
+- MUSDB18-HQ (``is_wav=True``): one folder per track holding
+  ``mixture.wav``, ``vocals.wav``, ``drums.wav``, ``bass.wav`` and
+  ``other.wav``, read here with ``soundfile`` directly (``musdb`` would
+  start one ffmpeg process per file and be about 20 times slower).
+
+``musdb`` forgives too much: it returns zero tracks for a missing or empty
+root, a wrong subset or the wrong ``is_wav``, silently drops a missing
+source file, and lists any sub-folder of a track folder as a track of its
+own. :func:`scan_tracks` checks the layout first and turns each of these
+into a :class:`~nca_np.errors.DataError` naming the path and what to do;
+:func:`list_tracks` then lists the tracks through ``musdb`` and checks it
+agrees. ``musdb`` and ``soundfile`` are imported only inside the functions
+that need them, so the rest of the package runs without them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+
+import numpy
+
+from ..errors import DataError
+from ..features import to_mono
+
+SAMPLE_RATE = 44100
+SUBSETS = ("train", "test")
+#: The four sources of a MUSDB18 track, in the order the excerpt selector takes them.
+SOURCES = ("vocals", "drums", "bass", "other")
+WAV_FILES = tuple(f"{name}.wav" for name in ("mixture",) + SOURCES)
+STEM_SUFFIX = ".stem.mp4"
+ROOT_HINT = ("pass --musdb-root or set MUSDB_PATH to the folder that holds train/ and test/ "
+             "(`make demo` needs no dataset: it generates its own)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackRef:
+    """Where one track lives; cheap to make, reads no audio.
+
+    Attributes:
+        name: MUSDB18's track name ("Artist - Title"), musdb's ``track.name``.
+        subset: "train" or "test".
+        path: the track folder (wav) or the ``.stem.mp4`` file (stems).
+        is_wav: True for MUSDB18-HQ.
+        root: the dataset root.
+        handle: the ``musdb`` track object when listed through musdb (stems
+            are decoded through it), else None.
+    """
+
+    name: str
+    subset: str
+    path: Path
+    is_wav: bool
+    root: Path
+    handle: object = dataclasses.field(default=None, compare=False, repr=False)
+
+    def audio_files(self) -> list[Path]:
+        """The files holding this track's audio."""
+        if self.is_wav:
+            return [self.path / name for name in WAV_FILES]
+        return [self.path]
+
+
+@dataclasses.dataclass
+class LoadedTrack:
+    """One track's audio, mono (channels averaged, MATH.md §1.1).
+
+    Attributes:
+        name: the track name.
+        subset: "train" or "test".
+        sample_rate: 44100.
+        mixture: ``(n,)`` float32.
+        sources: {"vocals", "drums", "bass", "other"}: ``(n,)`` float32 each.
+    """
+
+    name: str
+    subset: str
+    sample_rate: int
+    mixture: numpy.ndarray
+    sources: dict
+
+    @property
+    def vocals(self) -> numpy.ndarray:
+        """``(n,)`` float32, the target (same array as ``sources["vocals"]``)."""
+        return self.sources["vocals"]
+
+    @property
+    def n_samples(self) -> int:
+        """n, the length of every signal of the track."""
+        return int(self.mixture.shape[0])
+
+
+def resolve_root(root: str | os.PathLike | None) -> Path:
+    """The dataset root: ``root`` if given (not empty), else ``$MUSDB_PATH``.
+
+    Raises:
+        DataError: neither is set.
+    """
+    if root is not None and str(root).strip():
+        return Path(root).expanduser().resolve()
+    from_env = os.environ.get("MUSDB_PATH", "").strip()
+    if from_env:
+        return Path(from_env).expanduser().resolve()
+    raise DataError(f"no MUSDB18 root given: {ROOT_HINT}")
+
+
+def _subset_folder(root: Path, subset: str) -> Path:
+    """``root/subset``, after checking the root and the subset name."""
+    if subset not in SUBSETS:
+        raise DataError(f"unknown subset {subset!r}: MUSDB18 has 'train' and 'test'")
+    if not root.exists():
+        raise DataError(f"MUSDB18 root {root} does not exist: {ROOT_HINT}")
+    if not root.is_dir():
+        raise DataError(f"MUSDB18 root {root} is not a folder: {ROOT_HINT}")
+    folder = root / subset
+    if folder.is_dir():
+        return folder
+    if not (root / "train").is_dir() and not (root / "test").is_dir():
+        hint = (f"it looks like a subset folder itself: pass its parent {root.parent}"
+                if root.name in SUBSETS else ROOT_HINT)
+        raise DataError(f"{root} has neither train/ nor test/, so it is not a MUSDB18 root: {hint}")
+    raise DataError(f"{folder} is missing: a MUSDB18 root holds both train/ and test/; "
+                    "extract the whole dataset there")
+
+
+def _has_wav(folder: Path) -> bool:
+    return any(entry.is_file() and entry.suffix.lower() == ".wav" for entry in folder.iterdir())
+
+
+def _check_wav_track(folder: Path, subset_folder: Path) -> None:
+    """A MUSDB18-HQ track folder: five .wav files, no sub-folder."""
+    nested = sorted(entry.name for entry in folder.iterdir() if entry.is_dir())
+    if nested:
+        raise DataError(f"{folder / nested[0]} is a folder inside track folder {folder}: musdb would list it "
+                        "as a track of its own; move it out of the dataset")
+    if not _has_wav(folder):
+        raise DataError(f"{folder} holds no .wav audio: musdb would list it as a track; "
+                        f"remove it or move it out of {subset_folder}")
+    missing = [name for name in WAV_FILES if not (folder / name).is_file()]
+    if missing:
+        raise DataError(f"track folder {folder} lacks {', '.join(missing)}: a MUSDB18-HQ track needs "
+                        f"{', '.join(WAV_FILES)}; extract the track again")
+    empty = [name for name in WAV_FILES if (folder / name).stat().st_size == 0]
+    if empty:
+        raise DataError(f"{folder / empty[0]} is an empty file: extract the track again")
+
+
+def _scan_wav(subset_folder: Path, folders: list[Path], stem_files: list[Path]) -> list[Path]:
+    if not folders:
+        raise DataError(f"{subset_folder} holds {len(stem_files)} {STEM_SUFFIX} file(s) (the MUSDB18 stems "
+                        "release) and no track folders, but is_wav is true: set is_wav = false in the [data] "
+                        "section of the configuration")
+    for folder in folders:
+        _check_wav_track(folder, subset_folder)
+    return folders
+
+
+def _scan_stems(subset_folder: Path, folders: list[Path], stem_files: list[Path]) -> list[Path]:
+    if not stem_files:
+        if any(_has_wav(folder) for folder in folders):
+            raise DataError(f"{subset_folder} holds track folders with .wav files (the MUSDB18-HQ layout) "
+                            f"and no {STEM_SUFFIX} files: set is_wav = true in the [data] section of the "
+                            "configuration")
+        raise DataError(f"{subset_folder} holds no {STEM_SUFFIX} files: extract MUSDB18 there")
+    for folder in folders:
+        nested = sorted(folder.rglob(f"*{STEM_SUFFIX}"))
+        if nested:
+            raise DataError(f"{nested[0]} lies in a sub-folder of {subset_folder}: musdb would list it with a "
+                            f"wrong path; move it up into {subset_folder}")
+    empty = [path for path in stem_files if path.stat().st_size == 0]
+    if empty:
+        raise DataError(f"{empty[0]} is an empty file: download the track again")
+    return stem_files
+
+
+def _track_name(path: Path, is_wav: bool) -> str:
+    return path.name if is_wav else path.name[: -len(STEM_SUFFIX)]
+
+
+def scan_tracks(root, subset: str, *, is_wav: bool) -> list[TrackRef]:
+    """Validate one subset's layout and list its tracks, without musdb or ffmpeg.
+
+    Args:
+        root: the dataset root (holding train/ and test/).
+        subset: "train" or "test".
+        is_wav: True for MUSDB18-HQ (track folders of .wav files).
+
+    Returns:
+        The tracks, sorted by name (musdb's order).
+
+    Raises:
+        DataError: missing root or subset folder, empty subset, the wrong
+            ``is_wav`` for the tree, a track folder missing a source file, a
+            sub-folder or audio-less folder musdb would take for a track.
+    """
+    root = Path(root)
+    subset_folder = _subset_folder(root, subset)
+    entries = sorted(subset_folder.iterdir(), key=lambda entry: entry.name)
+    folders = [entry for entry in entries if entry.is_dir()]
+    stem_files = [entry for entry in entries if entry.is_file() and entry.name.endswith(STEM_SUFFIX)]
+    if not folders and not stem_files:
+        raise DataError(f"{subset_folder} is empty (no track folders, no {STEM_SUFFIX} files): "
+                        "extract MUSDB18 there")
+    paths = _scan_wav(subset_folder, folders, stem_files) if is_wav else _scan_stems(subset_folder, folders, stem_files)
+    return [TrackRef(_track_name(path, is_wav), subset, path, is_wav, root) for path in paths]
+
+
+def ffmpeg_available() -> bool:
+    """Whether ffmpeg and ffprobe are on PATH (musdb cannot be imported without them)."""
+    return shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
+
+
+def require_ffmpeg() -> None:
+    """Raise a DataError when ffmpeg or ffprobe is missing."""
+    missing = [tool for tool in ("ffmpeg", "ffprobe") if shutil.which(tool) is None]
+    if missing:
+        raise DataError(f"{'/'.join(missing)} not found: install it (e.g. apt-get install ffmpeg); "
+                        "musdb needs it to read MUSDB18")
+
+
+def _musdb_database(root: Path, subset: str, is_wav: bool, refs=()):
+    """``musdb.DB`` of one subset (imports musdb, which needs ffmpeg).
+
+    musdb probes every track's (mixture) file with ffprobe; when one fails,
+    ``refs`` are probed one by one to name it.
+    """
+    require_ffmpeg()
+    import musdb
+
+    try:
+        return musdb.DB(root=str(root), subsets=[subset], is_wav=is_wav)
+    except Exception as exc:  # musdb and stempeg fail with many exception types
+        culprit = _first_unprobeable(refs)
+        where = f"{culprit} cannot be read by ffprobe" if culprit else _first_line(exc)
+        raise DataError(f"musdb could not list {root / subset}: {where}; the file is damaged, "
+                        "download or extract it again") from exc
+
+
+def _first_unprobeable(refs) -> Path | None:
+    """The first audio file of ``refs`` that ffprobe cannot read, if any."""
+    import stempeg
+
+    for ref in refs:
+        for path in ref.audio_files():
+            try:
+                stempeg.Info(str(path))
+            except Exception:  # ffmpeg-python raises its own Error type
+                return path
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def list_tracks(root, subset: str, *, is_wav: bool, through_musdb: bool | None = None) -> list[TrackRef]:
+    """The tracks of one subset, validated, sorted by name.
+
+    Args:
+        root: the dataset root.
+        subset: "train" or "test".
+        is_wav: True for MUSDB18-HQ.
+        through_musdb: list through ``musdb`` as well and check it agrees
+            with :func:`scan_tracks`. None: always for stems (which are read
+            through musdb anyway), for wav trees when ffmpeg is installed
+            (wav audio is read with soundfile, so a wav tree needs no ffmpeg).
+
+    Raises:
+        DataError: any problem :func:`scan_tracks` finds; ffmpeg missing
+            when musdb is needed; musdb listing other tracks.
+    """
+    refs = scan_tracks(root, subset, is_wav=is_wav)
+    if through_musdb is None:
+        through_musdb = not is_wav or ffmpeg_available()
+    if not through_musdb:
+        return refs
+    tracks = _musdb_database(Path(root), subset, is_wav, refs).tracks
+    names = [track.name for track in tracks]
+    expected = [ref.name for ref in refs]
+    if names != expected:
+        extra = sorted(set(names) - set(expected)) or sorted(set(expected) - set(names)) or names
+        raise DataError(f"musdb lists {len(names)} tracks in {Path(root) / subset}, the folder holds "
+                        f"{len(expected)}; first difference: {extra[0]!r}")
+    return [dataclasses.replace(ref, handle=track) for ref, track in zip(refs, tracks)]
+
+
+def _read_wav(path: Path) -> tuple[numpy.ndarray, int]:
+    """``(n,)`` float32 mono samples and the sample rate of one wav file."""
+    import soundfile
+
+    try:
+        audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (RuntimeError, OSError) as exc:  # soundfile's errors are RuntimeErrors
+        raise DataError(f"cannot read {path}: {_first_line(exc)}; the file is damaged, extract it again") from exc
+    return to_mono(audio), int(rate)
+
+
+def _load_wav_track(ref: TrackRef) -> tuple[dict, dict]:
+    """Signals and sample rates by file name for a MUSDB18-HQ track."""
+    signals, rates = {}, {}
+    for name, path in zip(("mixture",) + SOURCES, ref.audio_files()):
+        signals[name], rates[path.name] = _read_wav(path)
+    return signals, rates
+
+
+def _musdb_track(ref: TrackRef):
+    if ref.handle is not None:
+        return ref.handle
+    for track in _musdb_database(ref.root, ref.subset, ref.is_wav).tracks:
+        if track.name == ref.name:
+            return track
+    raise DataError(f"musdb does not list track {ref.name!r} in {ref.root / ref.subset}")
+
+
+def _load_stem_track(ref: TrackRef) -> tuple[dict, dict]:
+    """Signals and sample rate of a ``.stem.mp4`` track, all five streams in one decode."""
+    track = _musdb_track(ref)
+    try:
+        stems = numpy.asarray(track.stems)
+    except Exception as exc:  # stempeg/ffmpeg failures come in many types
+        raise DataError(f"cannot decode {ref.path}: {_first_line(exc)}; download the track again") from exc
+    if stems.ndim != 3 or stems.shape[0] < 5:
+        raise DataError(f"{ref.path} holds {stems.shape[0] if stems.ndim == 3 else 1} audio stream(s), "
+                        "a MUSDB18 stem file holds 5: download the track again")
+    signals = {"mixture": to_mono(stems[track.stem_id])}
+    for name in SOURCES:
+        if name not in track.sources:
+            raise DataError(f"musdb finds no {name} stream in {ref.path}: download the track again")
+        signals[name] = to_mono(stems[track.sources[name].stem_id])
+    return signals, {ref.path.name: int(round(float(track.rate)))}
+
+
+def _check_signals(ref: TrackRef, signals: dict, rates: dict) -> None:
+    """Sample rate, equal lengths, finite samples, audible vocals in a test track."""
+    for file_name, rate in rates.items():
+        if rate != SAMPLE_RATE:
+            raise DataError(f"{ref.path / file_name if ref.is_wav else ref.path} is sampled at {rate} Hz; "
+                            f"MUSDB18 is {SAMPLE_RATE} Hz: resample it or use the original files")
+    lengths = {name: signal.shape[0] for name, signal in signals.items()}
+    if len(set(lengths.values())) > 1:
+        suffix = ".wav" if ref.is_wav else ""
+        listed = ", ".join(f"{name}{suffix} {length}" for name, length in lengths.items())
+        raise DataError(f"track {ref.path} has sources of different lengths ({listed} samples): "
+                        "a file is truncated or belongs to another track; extract the track again")
+    if lengths["mixture"] == 0:
+        raise DataError(f"track {ref.path} holds no samples: extract the track again")
+    for name, signal in signals.items():
+        if not numpy.isfinite(signal).all():
+            raise DataError(f"{name} of track {ref.path} holds NaN or infinite samples: extract the track again")
+    if ref.subset == "test" and not numpy.any(signals["vocals"]):
+        # Every test measure compares with the vocals: against silence an SNR is undefined. A
+        # training track without vocals stays: it teaches the models to output silence.
+        raise DataError(f"the vocals of test track {ref.path} are silent (all zeros): the file is damaged or "
+                        "not the vocals; fix it or remove the track from the dataset")
+
+
+def load_track(ref: TrackRef) -> LoadedTrack:
+    """Read one track: mixture and the four sources, mono float32 at 44.1 kHz.
+
+    Wav tracks are read with soundfile, stem tracks through musdb (one
+    ffmpeg decode of all five streams).
+
+    Raises:
+        DataError: unreadable or truncated file, a sample rate other than
+            44 100 Hz, sources of different lengths, NaN/inf samples, silent
+            vocals in a test track (no SNR can be measured against them);
+            each naming the file or track and what to do.
+    """
+    signals, rates = _load_wav_track(ref) if ref.is_wav else _load_stem_track(ref)
+    _check_signals(ref, signals, rates)
+    return LoadedTrack(
+        name=ref.name,
+        subset=ref.subset,
+        sample_rate=SAMPLE_RATE,
+        mixture=signals["mixture"],
+        sources={name: signals[name] for name in SOURCES},
+    )
+
+
+def data_fingerprint(refs) -> list[list]:
+    """``[relative path, size, mtime_ns]`` of every audio file of ``refs``, sorted.
+
+    Changes whenever a file is added, removed, replaced or touched, so the
+    feature cache is rebuilt; reads no audio.
+    """
+    rows = []
+    for ref in refs:
+        for path in ref.audio_files():
+            status = path.stat()
+            rows.append([path.relative_to(ref.root).as_posix(), int(status.st_size), int(status.st_mtime_ns)])
+    return sorted(rows)

@@ -1,0 +1,108 @@
+import numpy
+import pytest
+
+from nca_np import backend
+from nca_np.frames import ArrayFrames
+from nca_np.models import build_model
+from nca_np.train import CHECKPOINT, FINAL_MODEL, TrainSettings, TrainingDiverged, load_model, read_state, train
+
+
+def _data(n_frames=600, n_freq=8, seed=0):
+    """Mixtures whose vocals are a fixed spectral share of the mixture."""
+    rng = backend.rng(seed)
+    X = rng.uniform(0.0, 1.0, size=(n_frames, n_freq)).astype(numpy.float32)
+    share = numpy.linspace(0.1, 0.9, n_freq, dtype=numpy.float32)
+    return X, X * share
+
+
+def _problem(**kwargs):
+    return ArrayFrames(*_data(**kwargs))
+
+
+SETTINGS = TrainSettings(batch_size=32, learning_rate=3e-3, max_epochs=6)
+
+
+def _params(run_dir):
+    arrays, _ = read_state(run_dir / FINAL_MODEL)
+    return [arrays[k] for k in sorted(arrays) if k.startswith("param_")]
+
+
+@pytest.mark.parametrize("kind", ["dae", "mss-dae", "sf"])
+def test_training_lowers_the_loss_far_below_its_start(tmp_path, kind):
+    X, Y = _data(n_freq=64)
+    initial = float(build_model(kind, 64, seed=0).loss_and_grads(X, Y)[0])
+    settings = TrainSettings(batch_size=16, learning_rate=3e-3, max_epochs=20)
+    meta = train(kind, ArrayFrames(X, Y), tmp_path, settings=settings, seed=0, progress=False)
+    losses = [r["loss"] for r in meta["history"]]
+    assert len(losses) == 20 and meta["status"] == "finished"
+    assert losses[-1] < 0.25 * initial
+    record = meta["history"][0]
+    assert record["frames_per_second"] > 0 and record["learning_rate"] == 3e-3
+    assert all(r["learning_rate"] <= 3e-3 for r in meta["history"])
+    model, meta2, _ = load_model(tmp_path / FINAL_MODEL)
+    assert model.kind == kind and meta2["history"] == meta["history"]
+
+
+def test_same_seed_gives_bit_identical_parameters(tmp_path):
+    train("sf", _problem(), tmp_path / "a", settings=SETTINGS, seed=5, progress=False)
+    train("sf", _problem(), tmp_path / "b", settings=SETTINGS, seed=5, progress=False)
+    train("sf", _problem(), tmp_path / "c", settings=SETTINGS, seed=6, progress=False)
+    for p, q in zip(_params(tmp_path / "a"), _params(tmp_path / "b")):
+        numpy.testing.assert_array_equal(p, q)
+    assert not numpy.array_equal(_params(tmp_path / "a")[0], _params(tmp_path / "c")[0])
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
+    train("dae", _problem(), tmp_path / "whole", settings=SETTINGS, seed=1, progress=False)
+
+    def stop_after_epoch_3(record):
+        if record["epoch"] == 3:
+            raise Interrupt
+    with pytest.raises(Interrupt):
+        train("dae", _problem(), tmp_path / "cut", settings=SETTINGS, seed=1, progress=False,
+              on_epoch_end=stop_after_epoch_3)
+    assert (tmp_path / "cut" / CHECKPOINT).exists() and not (tmp_path / "cut" / FINAL_MODEL).exists()
+    lines = []
+    meta = train("dae", _problem(), tmp_path / "cut", settings=SETTINGS, seed=1, progress=False, log=lines.append)
+    assert "resuming after epoch 3" in lines[0]
+    for p, q in zip(_params(tmp_path / "whole"), _params(tmp_path / "cut")):
+        numpy.testing.assert_array_equal(p, q)
+    whole = read_state(tmp_path / "whole" / FINAL_MODEL)[1]["history"]
+    assert [r["loss"] for r in meta["history"]] == [r["loss"] for r in whole]
+
+
+def test_finished_run_is_not_trained_again(tmp_path):
+    train("dae", _problem(), tmp_path, settings=SETTINGS, seed=1, progress=False)
+    stamp = (tmp_path / FINAL_MODEL).stat().st_mtime_ns
+    train("dae", _problem(), tmp_path, settings=SETTINGS, seed=1, progress=False)
+    assert (tmp_path / FINAL_MODEL).stat().st_mtime_ns == stamp
+
+
+def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
+    X, Y = _data()
+    source = ArrayFrames(X, Y)
+    good = train("dae", source, tmp_path, settings=TrainSettings(batch_size=32, max_epochs=2),
+                 seed=0, progress=False)
+    (tmp_path / FINAL_MODEL).unlink()  # pretend it may go on for longer
+    before = (tmp_path / CHECKPOINT).read_bytes()
+    X[5, 3] = numpy.nan
+    with pytest.raises(TrainingDiverged, match=r"loss became nan in epoch 3.*last good checkpoint"):
+        train("dae", source, tmp_path, settings=TrainSettings(batch_size=32, max_epochs=5),
+              seed=0, progress=False)
+    assert (tmp_path / CHECKPOINT).read_bytes() == before
+    assert len(good["history"]) == 2
+
+
+def test_checkpoint_holds_everything_needed(tmp_path):
+    config = {"train": {"runs": 1}}
+    train("sf", _problem(), tmp_path, settings=SETTINGS, seed=2, progress=False,
+          scaler_state={"std": numpy.arange(1.0, 9.0)}, config=config)
+    arrays, meta = read_state(tmp_path / CHECKPOINT)
+    assert {"param_0", "adam_m_0", "adam_v_3", "scaler_std"} <= set(arrays)
+    for key in ("schedule", "adam", "rng_state", "config", "seed", "versions", "history", "settings"):
+        assert key in meta
+    assert meta["config"] == config and meta["seed"] == 2 and meta["adam"]["t"] == 6 * 19
