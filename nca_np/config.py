@@ -81,7 +81,7 @@ def apply_overrides(config: dict, overrides) -> dict:
         if isinstance(old, float) and isinstance(new, int) and not isinstance(new, bool):
             new = float(new)
         if type(new) is not type(old):
-            raise ConfigError(f"setting {dotted} expects a {type(old).__name__} "
+            raise ConfigError(f"setting {dotted} expects {type(old).__name__} "
                               f"(like {old!r}), got {text!r}")
         config[section][key] = new
     return config

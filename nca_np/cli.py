@@ -1,0 +1,124 @@
+"""``nca-np`` / ``python -m nca_np``: one command per stage of the experiment.
+
+    synth      generate the built-in synthetic corpus (MUSDB18-HQ layout)
+    prepare    STFT features, per-band scaler, test cut list (reads audio)
+    train      train the models: every (model, run) unit not yet finished
+    couplings  fit the NCA strategies on every test segment of every model
+    report     Tables 1–3, Figures 2–3, curves and metadata from saved results
+    reproduce  all of the above in order (--plan: only say what it would do)
+
+Every stage resumes: a rerun skips finished units and continues an
+interrupted one. Settings come from a profile (configs/<name>.toml) and
+``--set section.key=value`` overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import backend, experiment
+from .config import load_profile
+from .errors import UserError
+
+STAGE_HELP = {
+    "synth": "generate the built-in synthetic corpus (used by the demo profile)",
+    "prepare": "compute features, the per-band scaler and the test cut list (reads audio)",
+    "train": "train every (model, run) unit that is not finished yet",
+    "couplings": "fit the NCA (student and compositional) on every test segment",
+    "report": "write tables, figures and metadata from saved results",
+    "reproduce": "run every stage in order (the paper's protocol with --profile paper)",
+}
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--profile", default=os.environ.get("NCA_NP_PROFILE", "paper"),
+                        help="configuration profile: a name in configs/ (paper, demo) or a .toml path "
+                             "(default: paper)")
+    common.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one configuration value, e.g. --set train.runs=3 (repeatable)")
+    common.add_argument("--workdir", type=Path, default=Path("."),
+                        help="folder holding data/, cache/, runs/, couplings/, results/ (default: .)")
+    common.add_argument("--device", choices=["cpu", "gpu"], default=None,
+                        help="compute on the CPU (NumPy) or the GPU (CuPy); default: $NCA_NP_BACKEND or cpu")
+    common.add_argument("--quiet", action="store_true", help="no progress bars; one log line per unit")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nca-np", description=__doc__.split("\n\n")[0],
+                                     epilog="Run `nca-np COMMAND --help` for the options of a command.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = _common_options()
+    for name, text in STAGE_HELP.items():
+        sub = commands.add_parser(name, parents=[common], help=text, description=text)
+        if name in ("prepare", "reproduce"):
+            sub.add_argument("--musdb-root", default=None,
+                             help="MUSDB18 folder (default: data.root of the profile, else $MUSDB_PATH)")
+        if name in ("train", "couplings", "reproduce"):
+            sub.add_argument("--shard", default=None, metavar="I/N",
+                             help="do only every N-th unit of work, starting at I (0-based), "
+                                  "e.g. --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT")
+        if name in ("train", "couplings"):
+            sub.add_argument("--kinds", nargs="+", choices=["dae", "mss-dae", "sf"], default=None,
+                             help="only these models")
+        if name == "train":
+            sub.add_argument("--runs", nargs="+", type=int, default=None, help="only these run numbers")
+        if name == "reproduce":
+            sub.add_argument("--plan", action="store_true",
+                             help="print the work, what is done and a time estimate, without starting")
+    return parser
+
+
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
+def run(args) -> int:
+    config = load_profile(args.profile, args.overrides)
+    backend.use(args.device)
+    ws = experiment.Workspace(args.workdir.resolve(), config)
+    progress = not args.quiet and sys.stderr.isatty()
+    shard = experiment.Shard.parse(getattr(args, "shard", None))
+    started = time.perf_counter()
+    if args.command == "synth":
+        experiment.synth_stage(ws, log=_log)
+    elif args.command == "prepare":
+        if config["data"]["corpus"] == "synthetic":
+            experiment.synth_stage(ws, log=_log)
+        experiment.prepare_stage(ws, musdb_root=args.musdb_root, progress=progress, log=_log)
+    elif args.command == "train":
+        experiment.train_stage(ws, shard=shard, kinds=args.kinds, runs=args.runs, progress=progress, log=_log)
+    elif args.command == "couplings":
+        experiment.couplings_stage(ws, shard=shard, kinds=args.kinds, progress=progress, log=_log)
+    elif args.command == "report":
+        experiment.report_stage(ws, log=_log)
+    elif args.plan:
+        print(experiment.plan(ws))
+        return 0
+    else:
+        report = experiment.reproduce(ws, musdb_root=args.musdb_root, shard=shard, progress=progress, log=_log)
+        if report is not None:
+            print(f"\nreport: {report}  ({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UserError as exc:
+        print(f"nca-np {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nnca-np {args.command}: interrupted; rerun the same command to continue where it stopped",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""The experiment end to end through the command line, on a tiny corpus and
+profile: artefacts, resume without recomputation, interruption, sharding."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PROFILE = Path(__file__).resolve().parent / "tiny_profile.toml"
+KINDS = ["DAE", "MSS-DAE", "SF"]
+TABLE_FILES = ["tables.json", "table1_tod_r.csv", "table2_snr_model.csv", "table3_snr_true.csv"]
+
+pytestmark = pytest.mark.slow
+
+
+def _env():
+    env = dict(os.environ, PYTHONPATH=str(REPO), NCA_NP_BACKEND="numpy")
+    return env
+
+
+def nca(workdir, *args, check=True):
+    """Run ``python -m nca_np`` with the tiny profile; returns the completed process."""
+    command = [sys.executable, "-m", "nca_np", *args, "--profile", str(PROFILE), "--workdir", str(workdir), "--quiet"]
+    result = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def _results(workdir):
+    return workdir / "results" / "tiny"
+
+
+def _unit_files(workdir):
+    return sorted(p for p in (workdir / "runs").rglob("*.npz")) + sorted((workdir / "couplings").rglob("s[0-9]*.*"))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted, unsharded run of the whole protocol."""
+    workdir = tmp_path_factory.mktemp("reference")
+    result = nca(workdir, "reproduce")
+    return workdir, result
+
+
+def test_reproduce_writes_every_artefact(reference):
+    workdir, result = reference
+    results = _results(workdir)
+    assert f"report: {results / 'report.md'}" in result.stdout
+    report = (results / "report.md").read_text()
+    for needle in ("Table 1", "Table 2", "Table 3", "paper's reading"):
+        assert needle in report
+    tables = json.loads((results / "tables.json").read_text())
+    assert len(tables) == 3
+    for name in TABLE_FILES[1:]:
+        lines = (results / name).read_text().strip().splitlines()
+        assert [line.split(",")[0] for line in lines[1:]] == KINDS
+        for line in lines[1:]:
+            numbers = [float(x) for x in line.split(",")[1:]]
+            assert all(numpy.isfinite(numbers)), (name, line)
+    header2 = (results / "table2_snr_model.csv").read_text().splitlines()[0]
+    for column in ("student", "compositional", "linear", "identity"):
+        assert column in header2
+    pngs = sorted(results.glob("*.png"))
+    assert {p.name for p in pngs} >= {"figure2_linear_compositions.png", "figure3_couplings.png",
+                                      "training_loss.png", "nca_convergence.png"}
+    for png in pngs:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    meta = json.loads((results / "metadata.json").read_text())
+    for key in ("config", "composition", "seeds", "versions", "backend", "device", "code_version",
+                "wall_time_seconds"):
+        assert key in meta, key
+    assert meta["composition"] == "paper"
+    assert set(meta["wall_time_seconds"]) >= {"prepare", "train", "couplings"}
+
+
+def test_rerun_recomputes_nothing(reference):
+    workdir, _ = reference
+    before = {p: p.stat().st_mtime_ns for p in _unit_files(workdir)}
+    tables = {n: (_results(workdir) / n).read_bytes() for n in TABLE_FILES}
+    result = nca(workdir, "reproduce")
+    assert "6 already finished" in result.stdout and "15 already done" in result.stdout
+    assert {p: p.stat().st_mtime_ns for p in _unit_files(workdir)} == before
+    assert {n: (_results(workdir) / n).read_bytes() for n in TABLE_FILES} == tables
+    nca(workdir, "report")
+    assert {n: (_results(workdir) / n).read_bytes() for n in TABLE_FILES} == tables
+
+
+def test_plan_reports_done_work(reference):
+    workdir, _ = reference
+    out = nca(workdir, "reproduce", "--plan").stdout
+    assert "trainings: 6" in out and "6 finished" in out
+    assert "15 units" in out and "15 done" in out and "estimate" in out
+
+
+def _kill_when(workdir, pattern, process):
+    deadline = time.monotonic() + 120
+    while not list(workdir.glob(pattern)):
+        assert process.poll() is None, "the run finished before it could be interrupted"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def test_killed_run_resumes_to_the_same_results(reference, tmp_path):
+    command = [sys.executable, "-m", "nca_np", "reproduce", "--profile", str(PROFILE), "--workdir", str(tmp_path), "--quiet"]
+    first = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _kill_when(tmp_path, "runs/*/*/run_*/checkpoint.npz", first)
+    second = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _kill_when(tmp_path, "couplings/*/*/s*.json", second)
+    assert not (_results(tmp_path) / "tables.json").exists()
+    nca(tmp_path, "reproduce")
+    for name in TABLE_FILES:
+        assert (_results(tmp_path) / name).read_bytes() == (_results(reference[0]) / name).read_bytes(), name
+
+
+def test_two_shards_give_the_same_tables(reference, tmp_path):
+    nca(tmp_path, "prepare")
+    env = dict(_env(), PROFILE=str(PROFILE), DEVICE="cpu", WORKDIR=str(tmp_path), PYTHON=sys.executable,
+               SLURM_ARRAY_TASK_COUNT="2")
+    for stage in ("train", "couplings"):
+        for task in ("0", "1"):
+            subprocess.run(["bash", str(REPO / "scripts" / "slurm_array.sh"), stage], env=dict(env, SLURM_ARRAY_TASK_ID=task),
+                           check=True, capture_output=True, timeout=300)
+            if stage == "couplings" and task == "0":
+                refused = nca(tmp_path, "report", check=False)
+                assert refused.returncode == 2
+                assert "couplings units are missing" in refused.stderr and "\n" == refused.stderr[-1]
+    nca(tmp_path, "report")
+    for name in TABLE_FILES:
+        assert (_results(tmp_path) / name).read_bytes() == (_results(reference[0]) / name).read_bytes(), name
+
+
+def test_report_refuses_mixed_configurations(reference, tmp_path):
+    import shutil
+    workdir = tmp_path / "copy"
+    shutil.copytree(reference[0], workdir)
+    unit = sorted((workdir / "couplings").rglob("s0001.json"))[0]
+    data = json.loads(unit.read_text())
+    data["config_hash"] = "0123456789ab"
+    unit.write_text(json.dumps(data))
+    refused = nca(workdir, "report", check=False)
+    assert refused.returncode == 2 and "different configurations" in refused.stderr
+
+
+def test_clear_errors_on_the_command_line(tmp_path):
+    command = [sys.executable, "-m", "nca_np", "train", "--workdir", str(tmp_path)]
+    bad_profile = subprocess.run(command + ["--profile", "nope"], capture_output=True, text=True, env=_env())
+    assert bad_profile.returncode == 2 and "profile 'nope' not found" in bad_profile.stderr
+    assert "Traceback" not in bad_profile.stderr
+    bad_value = subprocess.run(command + ["--profile", str(PROFILE), "--set", "train.runs=ten"],
+                               capture_output=True, text=True, env=_env())
+    assert bad_value.returncode == 2 and "train.runs expects int" in bad_value.stderr
+    unprepared = subprocess.run(command + ["--profile", str(PROFILE)], capture_output=True, text=True, env=_env())
+    assert unprepared.returncode == 2 and "nca-np prepare" in unprepared.stderr
+    env = {k: v for k, v in _env().items() if k != "MUSDB_PATH"}
+    no_musdb = subprocess.run([sys.executable, "-m", "nca_np", "prepare", "--workdir", str(tmp_path)],
+                              capture_output=True, text=True, env=env)
+    assert no_musdb.returncode == 2 and "MUSDB_PATH" in no_musdb.stderr and "Traceback" not in no_musdb.stderr
+    helped = subprocess.run([sys.executable, "-m", "nca_np", "--help"], capture_output=True, text=True, env=_env())
+    for stage in ("synth", "prepare", "train", "couplings", "report", "reproduce"):
+        assert stage in helped.stdout

@@ -1,0 +1,329 @@
+"""Tests of the report (nca_np.report, MATH.md §5–§6): table statistics
+against hand computation, the files written, their determinism, and
+missing pieces (a strategy not run, a model without a matrix)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy
+import pytest
+
+from nca_np import report
+from strict_xp import strict
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+KINDS = ["dae", "mss-dae", "sf"]
+STRATEGIES = ["student", "compositional"]
+N_FREQ, N_FRAMES, SAMPLE_RATE, N_FFT = 16, 8, 44100, 30
+#: Small figures keep the tests fast; the layout is the same at any dpi.
+TEST_DPI = 30
+TEXT_FILES = ["report.md", "table1_tod_r.csv", "table2_snr_model.csv", "table3_snr_true.csv",
+              "tables.json", "metadata.json"]
+
+
+def strategy_result(tod_r, snr_model, snr_true, seed):
+    losses = (100.0 * numpy.exp(-numpy.arange(20) / (5.0 + seed))).tolist()
+    return {"tod_r": tod_r, "snr_model_db": snr_model, "snr_true_db": snr_true, "losses": losses,
+            "seconds": 0.5 + seed, "init_seed": seed}
+
+
+def make_unit(kind, number, *, tod_r=(3.0, 2.0), snr_model=(20.0, 15.0), linear=5.0, identity=1.0,
+              snr_true=(4.0, 3.5), model_true=3.0, strategies=STRATEGIES, composition="paper",
+              config_hash="abc123"):
+    """One (kind, segment) result; the tuples give (student, compositional)."""
+    values = dict(zip(STRATEGIES, zip(tod_r, snr_model, snr_true)))
+    return {
+        "config_hash": config_hash, "code_version": "0.1.0", "kind": kind,
+        "segment": {"id": f"s{number:04d}", "number": number, "track": f"track {number // 2}",
+                    "index": number % 2, "start_frame": 360 * (number % 2), "frames": N_FRAMES},
+        "run": number % 2, "model_seed": 10 + number % 2, "composition": composition,
+        "strategies": {s: strategy_result(*values[s], seed=i) for i, s in enumerate(strategies)},
+        "baselines": {"linear": {"snr_model_db": linear, "tod_r": 7.0}, "identity": {"snr_model_db": identity}},
+        "model_snr_true_db": model_true,
+    }
+
+
+def make_units(strategies=STRATEGIES):
+    """Three segments per model with distinct, hand-checkable values."""
+    units = []
+    for k, kind in enumerate(KINDS):
+        for number in range(3):
+            units.append(make_unit(kind, number, tod_r=(1.0 + number + k, 2.0 * number + k),
+                                   snr_model=(10.0 + number, 5.0 + number), linear=float(number),
+                                   identity=-1.0 * number, snr_true=(3.0 + number, 2.0), model_true=1.0 + k,
+                                   strategies=strategies))
+    return units
+
+
+def history(run, epochs=4):
+    return [{"epoch": e + 1, "loss": 1.0 / (e + 1 + run), "learning_rate": 1e-4, "seconds": 2.0,
+             "frames_per_second": 1000.0, "decision": "improved"} for e in range(epochs)]
+
+
+def figure_inputs(strategies=STRATEGIES, n_freq=N_FREQ):
+    rng = numpy.random.default_rng(0)
+    entry = {"mixture": rng.random((n_freq, N_FRAMES)), "target": rng.random((n_freq, N_FRAMES)),
+             "vocals": rng.random((n_freq, N_FRAMES))}
+    for strategy in strategies:
+        entry[f"C_{strategy}"] = numpy.eye(n_freq) + 0.1 * rng.standard_normal((n_freq, n_freq))
+    segment = {kind: dict(entry) for kind in KINDS}
+    segment.update(track="track 0", segment_index=1)
+    return segment
+
+
+def report_inputs(strategies=STRATEGIES):
+    rng = numpy.random.default_rng(1)
+    return {
+        "units": make_units(strategies), "kinds": KINDS, "strategies": strategies,
+        "histories": {kind: [history(0), history(1, epochs=3)] for kind in KINDS},
+        "linear_compositions": {kind: numpy.eye(N_FREQ) + 0.05 * rng.standard_normal((N_FREQ, N_FREQ))
+                                for kind in KINDS},
+        "figure_segment": figure_inputs(strategies), "sample_rate": SAMPLE_RATE, "n_fft": N_FFT,
+        "metadata": {"profile": "test", "config": {"data": {"corpus": "synthetic"}}, "backend": "numpy",
+                     "wall_seconds": {"train": 1.5, "couplings": 2.25},
+                     "drawn_runs": {f"dae/s{i:04d}": i % 2 for i in range(30)}},
+    }
+
+
+def cell(summary, table, kind, column):
+    row = next(r for r in summary[table]["rows"] if r["kind"] == kind)
+    return row["cells"][column]
+
+
+# ------------------------------------------------------------- statistics
+
+
+def test_cell_statistics_population_std_and_counts():
+    stats = report.cell_statistics([1.0, 2.0, 4.0, math.inf, math.nan, None, -math.inf])
+    assert stats["mean"] == pytest.approx(7.0 / 3.0)
+    assert stats["std"] == pytest.approx(math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 3))
+    assert (stats["n"], stats["n_segments"]) == (3, 7)
+    assert (stats["n_pos_inf"], stats["n_neg_inf"], stats["n_nan"]) == (1, 1, 2)
+
+
+def test_cell_statistics_without_finite_values():
+    stats = report.cell_statistics([math.inf, math.inf])
+    assert stats["mean"] is None and stats["std"] is None and stats["n"] == 0
+    assert report.format_cell(stats, 2) == "inf"
+    assert report.format_cell(report.cell_statistics([]), 2) == "–"
+
+
+def test_summarise_matches_hand_computation():
+    summary = report.summarise(make_units(), kinds=KINDS, strategies=STRATEGIES)
+    # MSS-DAE (k = 1): student TOD-R 2, 3, 4; compositional 1, 3, 5
+    student = cell(summary, report.TABLE1, "mss-dae", "student")
+    assert (student["mean"], student["std"], student["n"]) == (3.0, pytest.approx(math.sqrt(2 / 3)), 3)
+    compositional = cell(summary, report.TABLE1, "mss-dae", "compositional")
+    assert compositional["mean"] == 3.0 and compositional["std"] == pytest.approx(math.sqrt(8 / 3))
+    assert cell(summary, report.TABLE2, "dae", "student")["mean"] == 11.0
+    assert cell(summary, report.TABLE2, "dae", "linear")["mean"] == 1.0
+    assert cell(summary, report.TABLE2, "sf", "identity")["mean"] == -1.0
+    assert cell(summary, report.TABLE3, "sf", "model_output") == pytest.approx(
+        {"mean": 3.0, "std": 0.0, "n": 3, "n_segments": 3, "n_pos_inf": 0, "n_neg_inf": 0, "n_nan": 0})
+    assert cell(summary, report.TABLE3, "dae", "compositional")["std"] == 0.0
+    assert list(summary) == [report.TABLE1, report.TABLE2, report.TABLE3]
+    assert [c["key"] for c in summary[report.TABLE2]["columns"]] == [
+        "student", "compositional", "linear", "identity"]
+    assert [c["key"] for c in summary[report.TABLE3]["columns"]] == [
+        "student", "compositional", "model_output"]
+    assert [r["model"] for r in summary[report.TABLE1]["rows"]] == ["DAE", "MSS-DAE", "SF"]
+    assert "ddof = 0" in summary[report.TABLE1]["std"]
+    json.dumps(summary, allow_nan=False)  # strictly JSON-able
+    context = report.describe_units(make_units())
+    assert (context["n_segments"], context["n_tracks"], context["composition"], context["frames"]) == (
+        3, 2, "paper", str(N_FRAMES))
+
+
+def test_summarise_leaves_out_infinite_and_nan_values():
+    units = [make_unit("dae", 0, tod_r=(math.inf, 4.0)), make_unit("dae", 1, tod_r=(2.0, math.nan)),
+             make_unit("dae", 2, tod_r=(6.0, None), snr_model=(math.inf, 1.0))]
+    summary = report.summarise(units, kinds=["dae"], strategies=STRATEGIES)
+    student = cell(summary, report.TABLE1, "dae", "student")
+    assert (student["mean"], student["std"], student["n"], student["n_pos_inf"]) == (4.0, 2.0, 2, 1)
+    compositional = cell(summary, report.TABLE1, "dae", "compositional")
+    assert (compositional["mean"], compositional["std"], compositional["n"], compositional["n_nan"]) == (4.0, 0.0, 1, 2)
+    assert cell(summary, report.TABLE2, "dae", "student")["n"] == 2
+    text = report.format_cell(student, 2)
+    assert text == "4.00 (2.00) [n = 2; 1 inf left out]"
+
+
+def test_summarise_with_one_strategy():
+    summary = report.summarise(make_units(["compositional"]), kinds=KINDS, strategies=["compositional"])
+    assert [c["key"] for c in summary[report.TABLE1]["columns"]] == ["compositional"]
+    assert cell(summary, report.TABLE1, "dae", "compositional")["mean"] == 2.0
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda u: u[0].update(kind="cnn"), "not among kinds"),
+    (lambda u: u.append(dict(u[0])), "appears twice"),
+    (lambda u: u[0].update(config_hash="other"), "configuration hash"),
+    (lambda u: u[0].update(composition="authors-code"), "composition reading"),
+    (lambda u: u[0]["strategies"].pop("student"), "strategies.student.tod_r"),
+    (lambda u: u[0]["strategies"]["student"].update(tod_r="big"), "expected a number"),
+])
+def test_summarise_rejects_inconsistent_units(change, message):
+    units = make_units()
+    change(units)
+    with pytest.raises(report.ReportError, match=message):
+        report.summarise(units, kinds=KINDS, strategies=STRATEGIES)
+
+
+def test_summarise_rejects_bad_settings():
+    with pytest.raises(report.ReportError, match="unknown NCA strategy 'teacher'"):
+        report.summarise(make_units(), kinds=KINDS, strategies=["teacher"])
+    with pytest.raises(report.ReportError, match="no couplings results"):
+        report.summarise([], kinds=KINDS, strategies=STRATEGIES)
+
+
+# ------------------------------------------------------------------ text
+
+
+def test_markdown_table_bolds_smallest_tod_r():
+    summary = report.summarise(make_units(), kinds=KINDS, strategies=STRATEGIES)
+    lines = report.markdown_table(summary[report.TABLE1], 2, bold_smallest=True).splitlines()
+    assert lines[0] == "| Model | n | NCA student | NCA compositional |"
+    assert lines[2] == "| DAE | 3 | **2.00 (0.82)** | **2.00 (1.63)** |"
+    assert lines[4] == "| SF | 3 | 4.00 (0.82) | 4.00 (1.63) |"
+
+
+def test_block_mean_averages_blocks_with_partial_edges():
+    matrix = numpy.arange(25, dtype=numpy.float32).reshape(5, 5)
+    blocks, factor = report.block_mean(matrix, max_bins=3)
+    assert factor == 2 and blocks.dtype == numpy.float32 and blocks.shape == (3, 3)
+    assert blocks[0, 0] == pytest.approx((0 + 1 + 5 + 6) / 4)
+    assert blocks[2, 2] == 24.0 and blocks[0, 2] == pytest.approx((4 + 9) / 2)
+    assert report.block_mean(matrix, max_bins=5)[1] == 1
+
+
+def test_zoom_bins_cover_low_frequencies():
+    assert report.zoom_bins(2049, 44100, 4096) == 140  # bins up to 1.5 kHz
+    assert report.zoom_bins(16, 44100, 30) == 8  # at least MIN_ZOOM_BINS
+    assert report.zoom_bins(4, 44100, 6) == 4
+
+
+def test_loss_quartiles_of_ragged_curves_skip_undrawable_values():
+    quartiles = report.loss_quartiles([[1.0, 2.0, 3.0], [3.0, 0.0, 5.0, math.inf]])
+    assert quartiles.shape == (3, 4)
+    numpy.testing.assert_allclose(quartiles[:, :3], [[1.5, 2.0, 3.5], [2.0, 2.0, 4.0], [2.5, 2.0, 4.5]])
+    assert numpy.isnan(quartiles[:, 3]).all()  # only an inf there
+
+
+def test_decibels_floor_below_peak():
+    levels, top = report.decibels(numpy.array([[0.0, 1.0, 10.0]], dtype=numpy.float32), 60.0)
+    assert top == pytest.approx(20.0) and levels.dtype == numpy.float32
+    numpy.testing.assert_allclose(levels, [[-40.0, 0.0, 20.0]], atol=1e-5)
+
+
+def test_host_matrix_copies_device_arrays_and_checks_shape():
+    host = report.host_matrix(strict.asarray(numpy.eye(3)), "C")
+    assert type(host) is numpy.ndarray and host.trace() == 3.0
+    with pytest.raises(report.ReportError, match=r"C must be 2-D, got shape \(3,\)"):
+        report.host_matrix(numpy.ones(3), "C")
+
+
+# ---------------------------------------------------------------- report
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.reader(handle))
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    """The report folder of the full inputs, written twice (two folders)."""
+    folders = [tmp_path_factory.mktemp(name) for name in ("first", "second")]
+    paths = [report.write_report(folder, dpi=TEST_DPI, **report_inputs()) for folder in folders]
+    return folders, paths
+
+
+def test_write_report_writes_every_file(written):
+    (folder, _), (paths, _) = written
+    names = sorted(p.name for p in paths)
+    assert names == sorted(TEXT_FILES + list(report.FIGURE_FILES.values()))
+    assert all(p.parent == folder and p.stat().st_size > 0 for p in paths)
+    assert not list(folder.glob(".*.tmp"))
+
+
+def test_figures_are_valid_pngs(written):
+    from matplotlib.image import imread
+
+    folder = written[0][0]
+    for name in report.FIGURE_FILES.values():
+        path = folder / name
+        assert path.read_bytes()[:8] == PNG_SIGNATURE
+        pixels = imread(path)
+        assert pixels.shape[0] > 50 and pixels.shape[1] > 100
+        assert pixels[..., :3].std() > 0.05  # something is drawn
+
+
+def test_tables_csv_have_models_and_finite_numbers(written):
+    folder = written[0][0]
+    expected_columns = {"table1_tod_r.csv": ["student", "compositional"],
+                        "table2_snr_model.csv": ["student", "compositional", "linear", "identity"],
+                        "table3_snr_true.csv": ["student", "compositional", "model_output"]}
+    for name, columns in expected_columns.items():
+        rows = read_csv(folder / name)
+        assert rows[0] == ["model"] + [f"{c}_{s}" for c in columns for s in ("mean", "std", "n")]
+        assert [r[0] for r in rows[1:]] == ["DAE", "MSS-DAE", "SF"]
+        numbers = [float(v) for r in rows[1:] for v in r[1:]]
+        assert all(math.isfinite(v) for v in numbers)
+    rows = read_csv(folder / "table1_tod_r.csv")
+    assert rows[2][1:4] == ["3.000000", "0.816497", "3"]  # MSS-DAE student
+
+
+def test_tables_json_and_metadata(written):
+    folder = written[0][0]
+    tables = json.loads((folder / "tables.json").read_text())
+    assert tables == json.loads(json.dumps(report.summarise(make_units(), kinds=KINDS, strategies=STRATEGIES)))
+    assert json.loads((folder / "metadata.json").read_text()) == report_inputs()["metadata"]
+
+
+def test_report_md_states_reading_tables_and_metadata(written):
+    text = (written[0][0] / "report.md").read_text()
+    assert report.COMPOSITION_READINGS["paper"] in text
+    assert "Profile **test** on the **synthetic** corpus" in text
+    for title in ("Table 1", "Table 2", "Table 3"):
+        assert f"## {title}:" in text
+    assert "| MSS-DAE | 3 | 3.00 (0.82) | 3.00 (1.63) |" in text
+    assert "ddof = 0" in text
+    for name in report.FIGURE_FILES.values():
+        assert f"]({name})" in text
+    assert "| wall_seconds.couplings | 2.25 |" in text
+    assert "| drawn_runs | 30 entries (see metadata.json) |" in text
+
+
+def test_text_files_are_byte_identical_when_written_twice(written):
+    first, second = written[0]
+    for name in TEXT_FILES:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+
+
+def test_missing_strategy_and_matrices_do_not_crash(tmp_path):
+    inputs = report_inputs(["student"])
+    del inputs["linear_compositions"]["sf"]
+    del inputs["figure_segment"]["mss-dae"]
+    # device arrays are drawn too (copied to the host explicitly)
+    inputs["linear_compositions"]["dae"] = strict.asarray(inputs["linear_compositions"]["dae"])
+    inputs["figure_segment"]["sf"]["C_student"] = strict.asarray(inputs["figure_segment"]["sf"]["C_student"])
+    inputs["units"][0]["strategies"]["student"]["tod_r"] = math.inf
+    paths = report.write_report(tmp_path, dpi=TEST_DPI, **inputs)
+    assert len(paths) == len(TEXT_FILES) + len(report.FIGURE_FILES)
+    rows = read_csv(tmp_path / "table1_tod_r.csv")
+    assert rows[0] == ["model", "student_mean", "student_std", "student_n"]
+    assert rows[1][3] == "2"  # one of DAE's three TOD-R values was inf
+    assert "1 inf left out" in (tmp_path / "report.md").read_text()
+
+
+def test_write_report_rejects_bad_matrices(tmp_path):
+    inputs = report_inputs()
+    inputs["linear_compositions"]["dae"] = numpy.ones((N_FREQ, N_FREQ + 1))
+    with pytest.raises(report.ReportError, match=r"linear composition of dae must be square .*\(16, 17\)"):
+        report.write_report(tmp_path, dpi=TEST_DPI, **inputs)
+    inputs = report_inputs()
+    inputs["n_fft"] = 0
+    with pytest.raises(report.ReportError, match="n_fft must be a positive integer"):
+        report.write_report(tmp_path, dpi=TEST_DPI, **inputs)
