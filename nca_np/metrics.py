@@ -1,0 +1,100 @@
+"""Measures of a couplings matrix (MATH.md §5, Secs. 4.1–4.2 of the paper).
+
+Frames are columns, as in the NCA: ``X`` is (F, T), ``C`` is (F, F). The
+measures accept NumPy or CuPy arrays and return Python floats (one explicit
+transfer of a scalar each).
+"""
+
+from __future__ import annotations
+
+import math
+
+from . import backend
+
+RECONSTRUCTIONS = ("dae", "mss-dae", "sf")
+
+
+def tod_r(C) -> float:
+    """Trace-to-off-diagonal ratio (Eq. 22).
+
+    .. math::
+        TOD-R(C) = (F − 1) · Tr(|C|) / ‖C ⊙ (1 1ᵀ − I)‖₁
+
+    i.e. the mean absolute diagonal entry over the mean absolute off-diagonal
+    entry, so a structureless random matrix scores about 1 (the (F − 1)
+    scale is this project's choice, MATH.md §5). Large values mean scalar
+    filtering (a mask), small values inter-frequency structure.
+
+    Args:
+        C: (F, F) couplings, F ≥ 2.
+
+    Returns:
+        The ratio as a Python float: ``inf`` when every off-diagonal entry is
+        zero (a diagonal matrix), ``nan`` for the all-zero matrix.
+    """
+    if C.ndim != 2 or C.shape[0] != C.shape[1] or C.shape[0] < 2:
+        raise ValueError(f"TOD-R needs a square (F, F) matrix with F >= 2, got shape {tuple(C.shape)}")
+    xp = backend.array_module(C)
+    magnitudes = xp.abs(C)
+    diagonal = backend.to_float(xp.trace(magnitudes))
+    # Zero the diagonal and sum, rather than subtract the trace from the
+    # total, so a dominant diagonal does not cancel the off-diagonal sum.
+    xp.fill_diagonal(magnitudes, 0)
+    off_diagonal = backend.to_float(magnitudes.sum())
+    if off_diagonal == 0.0:
+        return math.inf if diagonal > 0.0 else math.nan
+    return (C.shape[0] - 1) * diagonal / off_diagonal
+
+
+def snr_db(ref, est) -> float:
+    """Signal-to-noise ratio in dB over the whole array (Sec. 4.2).
+
+    .. math::
+        SNR(ref, est) = 10 log10(‖ref‖² / ‖ref − est‖²)
+
+    Args:
+        ref: reference, any shape (an (F, T) segment in the study).
+        est: estimate of the same shape.
+
+    Returns:
+        A Python float: ``inf`` when ``est`` equals ``ref``, ``-inf`` when
+        ``ref`` is zero and ``est`` is not, ``nan`` when both are zero.
+    """
+    if ref.shape != est.shape:
+        raise ValueError(f"SNR of arrays of different shapes: ref {tuple(ref.shape)}, est {tuple(est.shape)}")
+    error = ref - est
+    signal_energy = backend.to_float((ref * ref).sum())
+    error_energy = backend.to_float((error * error).sum())
+    if error_energy == 0.0:
+        return math.inf if signal_energy > 0.0 else math.nan
+    if signal_energy == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(signal_energy / error_energy)
+
+
+def reconstruct(kind: str, C, X):
+    """The model output predicted by couplings ``C`` (Sec. 4.2).
+
+    .. math::
+        Ŷ(C) = C X          (DAE, MSS-DAE: C maps the mixture to the estimate)
+        Ŷ(C) = X ⊙ (C X)    (SF: C X approximates the mask)
+
+    Args:
+        kind: "dae", "mss-dae" or "sf".
+        C: (F, F) couplings.
+        X: (F, T) mixture magnitudes, frames as columns.
+
+    Returns:
+        (F, T) array in the module and dtype of the inputs.
+    """
+    if kind not in RECONSTRUCTIONS:
+        raise ValueError(f"unknown model kind {kind!r}: use one of {', '.join(RECONSTRUCTIONS)}")
+    if C.ndim != 2 or X.ndim != 2 or C.shape[1] != X.shape[0]:
+        raise ValueError(
+            f"couplings of shape {tuple(C.shape)} cannot be applied to X of shape {tuple(X.shape)}: "
+            "X must be (F, T), frames as columns"
+        )
+    estimate = C @ X
+    if kind == "sf":
+        estimate *= X
+    return estimate

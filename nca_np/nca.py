@@ -1,0 +1,500 @@
+"""The neural couplings algorithm (NCA): a matrix ``C`` with ``C X ≈ V``.
+
+Paper convention throughout (MATH.md §4): frames are *columns*. ``X`` is a
+segment of ``T`` mixture frames, shape (F, T); ``V`` is the model's decoder
+output on it, shape (F, T); couplings ``C`` and every per-layer matrix
+``W``, ``P`` are (F, F), biases ``b`` are (F,). Layers are listed encoder
+first. Every function works in the dtype of its inputs (float32 stays
+float32) and in the array module they belong to (NumPy or CuPy).
+
+Two strategies fit ``C`` by minimising the entry-wise L1 error
+``E = Σ |V − C X|`` (Eq. 15) with Adam:
+
+- **student** (Eqs. 15–16): ``C`` is the unknown, ``∂E/∂C = sign(C X − V) Xᵀ``.
+- **compositional** (Eqs. 17–21): one unknown ``P_l`` per layer,
+  ``Z_l = P_l (W_l ⊕ b_l)ᵀ``, ``W̃_l = W_l ⊙ g(Z_l)``, ``C = W̃_L ⋯ W̃_1``.
+  ``composition="authors-code"`` selects the other reading of Eqs. 18–19
+  (``M_l = W_l + 1 b_lᵀ``, ``Z_l = M_l P_lᵀ``); see MATH.md §4.
+
+Baselines: :func:`linear_composition` (Eqs. 11–13) and
+:func:`identity_couplings`. Derivations: ``docs/gradients.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy
+
+from . import backend
+from .errors import UserError
+from .models import glorot_normal
+from .optim import Adam
+
+STRATEGIES = ("student", "compositional")
+COMPOSITIONS = ("paper", "authors-code")
+
+
+class CouplingsError(UserError, ValueError):
+    """Inputs the NCA cannot work with: shapes, layers, strategy, reading."""
+
+
+@dataclass
+class CouplingsFit:
+    """The result of :func:`fit_couplings`.
+
+    Attributes:
+        C: (F, F) couplings matrix, in the model's array module and dtype.
+            For the compositional strategy it is composed once from the
+            final ``Ps`` (Eq. 17).
+        Ps: the learned (F, F) matrices ``P_l``, encoder first; empty for
+            the student strategy.
+        losses: (iterations,) host NumPy array; ``losses[i]`` is ``E``
+            (Eq. 15) at the parameters *before* the i-th Adam step.
+        strategy: "student" or "compositional".
+        composition: the reading of Eqs. 18–19 that was asked for ("paper"
+            or "authors-code"); it only changes the compositional strategy.
+    """
+
+    C: object
+    Ps: list
+    losses: numpy.ndarray
+    strategy: str
+    composition: str
+
+
+# ---------------------------------------------------------------- checks
+
+
+def _check_composition(composition: str) -> None:
+    if composition not in COMPOSITIONS:
+        raise CouplingsError(
+            f"unknown composition {composition!r}: use 'paper' (Eqs. 18-19 as printed) "
+            "or 'authors-code' (the released code's reading)"
+        )
+
+
+def _check_segment(X, V, n_freq: int, what: str) -> None:
+    """X and V must both be (F, T) with the F of the couplings."""
+    if X.ndim != 2 or X.shape[0] != n_freq:
+        raise CouplingsError(
+            f"X has shape {tuple(X.shape)} but {what} needs ({n_freq}, T): frames as columns"
+        )
+    if V.shape != X.shape:
+        raise CouplingsError(
+            f"V has shape {tuple(V.shape)} but X has shape {tuple(X.shape)}: both must be (F, T)"
+        )
+
+
+def _check_same_dtype(**arrays) -> None:
+    """Refuse mixed dtypes, which would silently promote float32 to float64."""
+    dtypes = {name: numpy.dtype(a.dtype) for name, a in arrays.items()}
+    first_name, dtype = next(iter(dtypes.items()))
+    odd = [f"{name}: {other}" for name, other in dtypes.items() if other != dtype]
+    if odd:
+        raise CouplingsError(
+            f"arrays of mixed dtypes ({first_name}: {dtype}, {', '.join(odd)}): convert them to one float dtype"
+        )
+    if dtype.kind != "f":
+        raise CouplingsError(f"arrays have dtype {dtype}: the NCA needs a floating-point dtype")
+
+
+def _check_layers(weights, biases, Ps=None) -> int:
+    """Every layer square (F, F) with an (F,) bias; returns F.
+
+    The compositional strategy multiplies ``W_l ⊙ g(Z_l)`` into one (F, F)
+    chain, and the authors-code reading adds ``b`` along rows, so only
+    square layers of one width make sense (the study keeps all layers F×F).
+    """
+    if len(weights) == 0:
+        raise CouplingsError("no layers given: the compositional strategy needs at least one (F, F) layer")
+    if len(biases) != len(weights):
+        raise CouplingsError(f"{len(weights)} weight matrices but {len(biases)} bias vectors")
+    if Ps is not None and len(Ps) != len(weights):
+        raise CouplingsError(f"{len(weights)} layers but {len(Ps)} matrices P: one P per layer")
+    n_freq = weights[0].shape[-1]
+    for index, W in enumerate(weights):
+        if W.ndim != 2 or W.shape != (n_freq, n_freq):
+            raise CouplingsError(
+                f"layer {index + 1} has weights of shape {tuple(W.shape)}, not ({n_freq}, {n_freq}): "
+                "the compositional strategy needs every layer square and of one width F"
+            )
+        if biases[index].shape != (n_freq,):
+            raise CouplingsError(
+                f"layer {index + 1} has a bias of shape {tuple(biases[index].shape)}, not ({n_freq},)"
+            )
+        if Ps is not None and Ps[index].shape != (n_freq, n_freq):
+            raise CouplingsError(
+                f"P_{index + 1} has shape {tuple(Ps[index].shape)}, not ({n_freq}, {n_freq})"
+            )
+    return n_freq
+
+
+def _layer_arrays(weights, biases, Ps) -> dict:
+    """Name → array for every layer's W, b and P (for dtype messages)."""
+    named = {}
+    for index, (W, b, P) in enumerate(zip(weights, biases, Ps), start=1):
+        named.update({f"W_{index}": W, f"b_{index}": b, f"P_{index}": P})
+    return named
+
+
+# ---------------------------------------------------------------- student
+
+
+def student_loss_and_grad(C, X, V):
+    """L1 error of ``C X`` against ``V`` and its gradient (Eqs. 15–16).
+
+    .. math::
+        E = Σ |V − C X|,   ∂E/∂C = Δ = sign(C X − V) Xᵀ   (sign(0) = 0)
+
+    Args:
+        C: (F, F) couplings.
+        X: (F, T) input frames as columns.
+        V: (F, T) target frames as columns (the decoder output).
+
+    Returns:
+        (E, dC): ``E`` a 0-d array of the inputs' dtype (left on the device,
+        so a loop need not synchronise), ``dC`` (F, F).
+    """
+    if C.ndim != 2 or C.shape[0] != C.shape[1]:
+        raise CouplingsError(f"C has shape {tuple(C.shape)}: couplings must be square (F, F)")
+    _check_segment(X, V, C.shape[1], f"C of shape {tuple(C.shape)}")
+    _check_same_dtype(C=C, X=X, V=V)
+    return _student_step(C, X, V)
+
+
+def _student_step(C, X, V, *, grad_out=None):
+    """:func:`student_loss_and_grad` after validation; ``dC`` written into
+    ``grad_out`` when given (a fit reuses one (F, F) array)."""
+    xp = backend.array_module(C, X, V)
+    residual = C @ X
+    residual -= V
+    loss = xp.abs(residual).sum()
+    sign = xp.sign(residual, out=residual)
+    return loss, xp.matmul(sign, X.T, out=grad_out)
+
+
+# ---------------------------------------------------------- compositional
+
+
+def augment(W, b, composition: str = "paper"):
+    """The bias-augmented weights that ``P`` is applied to (Eq. 19).
+
+    - "paper": ``W ⊕ b = W + b 1ᵀ``, entry (j, i) is ``W_ji + b_j`` (the bias
+      added to every column, as Eq. 19's text defines it).
+    - "authors-code": ``M = W + 1 bᵀ``, entry (j, i) is ``W_ji + b_i``
+      (PyTorch broadcasting in the released code).
+
+    Args:
+        W: (F, F) weights, (out, in).
+        b: (F,) bias.
+
+    Returns:
+        (F, F) new array, same dtype and module as ``W``.
+    """
+    _check_composition(composition)
+    if composition == "paper":
+        return W + b[:, None]
+    return W + b[None, :]
+
+
+def _pre_activation(P, augmented, composition: str, *, out=None):
+    """``Z = P (W ⊕ b)ᵀ`` ("paper") or ``Z = M Pᵀ`` ("authors-code"), Eq. 18.
+
+    ``out``: an (F, F) array to write Z into, or None for a new one.
+    """
+    xp = backend.array_module(P, augmented)
+    if composition == "paper":
+        return xp.matmul(P, augmented.T, out=out)
+    return xp.matmul(augmented, P.T, out=out)
+
+
+def _p_gradient(dZ, augmented, composition: str, *, out=None):
+    """``∂E/∂P`` from ``∂E/∂Z``: ``dZ (W ⊕ b)`` or ``dZᵀ M`` (transposed chain rule of Eq. 18)."""
+    xp = backend.array_module(dZ, augmented)
+    if composition == "paper":
+        return xp.matmul(dZ, augmented, out=out)
+    return xp.matmul(dZ.T, augmented, out=out)
+
+
+def _gated_weights(W, P, augmented, composition: str, *, gated_out=None, slope_out=None):
+    """``W̃ = W ⊙ g(Z)`` (Eqs. 18–19) and its slope ``∂W̃/∂Z = W ⊙ g'(Z)``.
+
+    Returns:
+        (W̃, slope): two (F, F) arrays of W's dtype, written into
+        ``gated_out`` and ``slope_out`` when given. Backward needs only the
+        slope (``∂E/∂Z = G ⊙ slope``), so keeping it saves a pass over an
+        (F, F) array per layer and iteration; ``g(Z) = Z ⊙ g'(Z)`` gives
+        ``W̃ = Z ⊙ slope``.
+    """
+    xp = backend.array_module(W, P)
+    Z = _pre_activation(P, augmented, composition, out=gated_out)
+    slope = xp.multiply(W, Z > 0, out=slope_out)
+    Z *= slope
+    return Z, slope
+
+
+def compose(weights, biases, Ps, *, composition: str = "paper"):
+    """The compositional couplings matrix ``C = W̃_L ⋯ W̃_2 W̃_1`` (Eqs. 17–19).
+
+    Args:
+        weights: L arrays (F, F), encoder first, ``W`` as (out, in).
+        biases: L arrays (F,).
+        Ps: L arrays (F, F), the learned ``P_l``.
+        composition: "paper" or "authors-code" (see :func:`augment`).
+
+    Returns:
+        (F, F) couplings ``C`` in the dtype and module of the weights.
+    """
+    _check_composition(composition)
+    _check_layers(weights, biases, Ps)
+    _check_same_dtype(**_layer_arrays(weights, biases, Ps))
+    C = None
+    for W, b, P in zip(weights, biases, Ps):
+        gated, _ = _gated_weights(W, P, augment(W, b, composition), composition)
+        C = gated if C is None else gated @ C
+    return C
+
+
+def compositional_loss_and_grads(weights, biases, Ps, X, V, *, composition: str = "paper"):
+    """L1 error of the composed couplings and its gradients for every ``P_l``.
+
+    For a chain of any depth L (MATH.md §4; Eqs. 20–21 when L = 2), with
+    ``S = sign(C X − V)``, ``Aft_l = W̃_L ⋯ W̃_{l+1}``, ``Bef_l = W̃_{l−1} ⋯ W̃_1``:
+
+    .. math::
+        E = Σ |V − C X|                                        (Eq. 15)
+        G_l = ∂E/∂W̃_l = Aft_lᵀ Δ Bef_lᵀ = (Aft_lᵀ S)(Bef_l X)ᵀ
+        ∂E/∂Z_l = G_l ⊙ W_l ⊙ g'(Z_l)
+        ∂E/∂P_l = (∂E/∂Z_l)(W_l ⊕ b_l)       ("paper")
+                = (∂E/∂Z_l)ᵀ M_l              ("authors-code")
+
+    Neither ``C`` nor ``Δ`` is formed: ``Bef_l X`` is carried up the chain
+    and ``Aft_lᵀ S`` down it, both (F, T), so the chain costs (3L − 1) F² T
+    multiply–adds besides the 2L F³ of the ``Z_l`` and ``∂E/∂P_l`` products
+    (docs/gradients.md counts it).
+
+    Args:
+        weights: L arrays (F, F), encoder first.
+        biases: L arrays (F,).
+        Ps: L arrays (F, F).
+        X: (F, T) input frames as columns.
+        V: (F, T) target frames as columns.
+        composition: "paper" or "authors-code".
+
+    Returns:
+        (E, dPs): ``E`` a 0-d array of the inputs' dtype, ``dPs`` a list of L
+        (F, F) arrays in the order of ``Ps``.
+    """
+    _check_composition(composition)
+    n_freq = _check_layers(weights, biases, Ps)
+    _check_segment(X, V, n_freq, f"layers of shape ({n_freq}, {n_freq})")
+    _check_same_dtype(X=X, V=V, **_layer_arrays(weights, biases, Ps))
+    augmented = [augment(W, b, composition) for W, b in zip(weights, biases)]
+    buffers = _StepBuffers.allocate(weights[0], len(weights))
+    return _compositional_step(weights, augmented, Ps, X, V, composition, buffers)
+
+
+@dataclass
+class _StepBuffers:
+    """The (F, F) arrays of one compositional iteration, reused by a fit.
+
+    A fit writes into the same arrays at every iteration instead of asking
+    for new ones: at F = 2049 each new array is 16 MiB of fresh pages.
+    """
+
+    gated: list  # W̃_l
+    slopes: list  # W_l ⊙ g'(Z_l)
+    grads: list  # ∂E/∂P_l
+    grad_z: object  # G_l, turned into ∂E/∂Z_l in place; one layer at a time
+
+    @classmethod
+    def allocate(cls, like, n_layers: int) -> "_StepBuffers":
+        """Buffers with the shape, dtype and module of ``like`` (an (F, F) array)."""
+        xp = backend.array_module(like)
+
+        def new():
+            return xp.empty(like.shape, dtype=like.dtype)
+
+        return cls([new() for _ in range(n_layers)], [new() for _ in range(n_layers)],
+                   [new() for _ in range(n_layers)], new())
+
+
+def _compositional_step(weights, augmented, Ps, X, V, composition: str, buffers: _StepBuffers):
+    """:func:`compositional_loss_and_grads` after validation, with ``W ⊕ b`` given.
+
+    :func:`fit_couplings` calls this directly: the augmented weights do not
+    change between iterations, so they are computed once, and ``buffers``
+    are reused. The returned gradients *are* ``buffers.grads``.
+    """
+    xp = backend.array_module(X, V, *weights, *Ps)
+    # forward: frames[l] = Bef_{l+1} X, built as frames[l] = W̃_l frames[l−1]
+    frames = [X]
+    for layer, (W, A, P) in enumerate(zip(weights, augmented, Ps)):
+        W_tilde, _ = _gated_weights(W, P, A, composition,
+                                    gated_out=buffers.gated[layer], slope_out=buffers.slopes[layer])
+        frames.append(W_tilde @ frames[-1])
+
+    residual = frames.pop()  # C X, no longer needed as a forward value
+    residual -= V
+    loss = xp.abs(residual).sum()
+    upstream = xp.sign(residual, out=residual)  # Aft_Lᵀ S = S
+
+    for layer in reversed(range(len(Ps))):
+        dZ = xp.matmul(upstream, frames[layer].T, out=buffers.grad_z)  # G_l = (Aft_lᵀ S)(Bef_l X)ᵀ
+        dZ *= buffers.slopes[layer]  # ∂E/∂Z_l = G_l ⊙ W_l ⊙ g'(Z_l)
+        _p_gradient(dZ, augmented[layer], composition, out=buffers.grads[layer])
+        if layer > 0:
+            upstream = buffers.gated[layer].T @ upstream  # Aft_{l−1}ᵀ S = W̃_lᵀ (Aft_lᵀ S)
+    return loss, list(buffers.grads)
+
+
+# ---------------------------------------------------------------- baselines
+
+
+def linear_composition(model):
+    """The linear composition of a model's weights, biases neglected (Eqs. 11–13).
+
+    ``C_lin = W_L ⋯ W_2 W_1``: ``W_dec W_enc`` for DAE and SF,
+    ``W'_dec W'_2 W'_1 W'_enc`` for MSS-DAE.
+
+    Args:
+        model: an object with ``weights``, the list of (out, in) matrices,
+            encoder first.
+
+    Returns:
+        (F_out, F_in) array in the weights' module and dtype.
+    """
+    weights = list(model.weights)
+    C = weights[0]
+    for W in weights[1:]:
+        if W.shape[1] != C.shape[0]:
+            raise CouplingsError(
+                f"weights of shapes {tuple(W.shape)} and {tuple(C.shape)} cannot be chained"
+            )
+        C = W @ C
+    return C.copy() if len(weights) == 1 else C
+
+
+def identity_couplings(n_freq: int, *, like=None):
+    """The identity baseline ``C = I`` (F, F).
+
+    Args:
+        n_freq: F.
+        like: an array whose module and dtype the result takes; None gives
+            float32 in the active backend.
+    """
+    if like is None:
+        return backend.xp().eye(n_freq, dtype=numpy.float32)
+    return backend.array_module(like).eye(n_freq, dtype=like.dtype)
+
+
+# ---------------------------------------------------------------- Algorithm 1
+
+
+def _glorot_couplings(n_freq: int, generator: numpy.random.Generator, dtype, module):
+    """An (F, F) draw of ``N(0, 2 / (F + F))`` (the models' Glorot normal),
+    made on the host from ``generator`` and moved to ``module``."""
+    return backend.to_device(glorot_normal(generator, n_freq, n_freq).astype(dtype), module)
+
+
+def _model_segment(model, X):
+    """X in the model's module and dtype, checked against the model's F."""
+    weights = list(model.weights)
+    module = backend.array_module(weights[0])
+    dtype = weights[0].dtype
+    n_freq = weights[0].shape[1]
+    if X.ndim != 2 or X.shape[0] != n_freq:
+        raise CouplingsError(
+            f"X has shape {tuple(X.shape)} but the model's input layer has shape "
+            f"{tuple(weights[0].shape)}: X must be ({n_freq}, T), frames as columns"
+        )
+    if weights[-1].shape[0] != n_freq:
+        raise CouplingsError(
+            f"the model maps {n_freq} bins to {weights[-1].shape[0]}: couplings need output F = input F"
+        )
+    if backend.array_module(X) is not module:
+        X = backend.to_device(backend.to_host(X), module)
+    return X.astype(dtype, copy=False), module
+
+
+def fit_couplings(
+    model,
+    X,
+    strategy: str,
+    *,
+    iterations: int = 600,
+    lr: float = 1e-4,
+    seed: int = 0,
+    composition: str = "paper",
+    callback: Callable[[int, object], None] | None = None,
+) -> CouplingsFit:
+    """Algorithm 1: fit couplings to a trained model on one segment.
+
+    The target is the model's decoder output (estimate for DAE/MSS-DAE, mask
+    for SF): ``V = decoder_output(Xᵀ)ᵀ``, since the model takes frames as
+    rows. ``C`` (student) or every ``P_l`` (compositional, encoder first)
+    starts from :func:`nca_np.models.glorot_normal`, drawn in turn from one
+    ``backend.rng(seed)``; then
+    ``iterations`` full-batch Adam steps on ``E`` (Eq. 15).
+
+    Args:
+        model: a trained model (``weights``, ``biases``, ``decoder_output``).
+        X: (F, T) mixture frames as columns; moved to the model's array
+            module and dtype if needed.
+        strategy: "student" or "compositional".
+        iterations: number of Adam steps.
+        lr: Adam learning rate (β1 = 0.9, β2 = 0.999, ε = 1e-8).
+        seed: seed of the initialisation.
+        composition: reading of Eqs. 18–19 for the compositional strategy.
+        callback: called as ``callback(iteration, loss)`` after each step,
+            ``loss`` a 0-d array on the model's device (read it with
+            ``backend.to_float`` only when needed: each read synchronises).
+
+    Returns:
+        :class:`CouplingsFit`.
+    """
+    if strategy not in STRATEGIES:
+        raise CouplingsError(f"unknown strategy {strategy!r}: use 'student' or 'compositional'")
+    _check_composition(composition)
+    if iterations < 1:
+        raise CouplingsError(f"iterations is {iterations}: it must be at least 1")
+    X, module = _model_segment(model, X)
+    weights, biases = list(model.weights), list(model.biases)
+    if strategy == "compositional":
+        _check_layers(weights, biases)
+    # contiguous, so each iteration's C X − V reads it with unit stride
+    V = module.ascontiguousarray(model.decoder_output(X.T).T)
+    n_freq, dtype = X.shape[0], X.dtype
+    generator = backend.rng(seed)
+    losses = module.empty(iterations, dtype=dtype)
+
+    if strategy == "student":
+        params = [_glorot_couplings(n_freq, generator, dtype, module)]
+        grad = module.empty_like(params[0])
+
+        def loss_and_grads():
+            loss, dC = _student_step(params[0], X, V, grad_out=grad)
+            return loss, [dC]
+
+    else:
+        params = [_glorot_couplings(n_freq, generator, dtype, module) for _ in weights]
+        augmented = [augment(W, b, composition) for W, b in zip(weights, biases)]
+        buffers = _StepBuffers.allocate(params[0], len(params))
+
+        def loss_and_grads():
+            return _compositional_step(weights, augmented, params, X, V, composition, buffers)
+
+    optimizer = Adam(params, lr=lr)
+    for iteration in range(iterations):
+        loss, grads = loss_and_grads()
+        losses[iteration] = loss
+        optimizer.step(grads)
+        if callback is not None:
+            callback(iteration, loss)
+
+    if strategy == "student":
+        return CouplingsFit(params[0], [], backend.to_host(losses), strategy, composition)
+    C = compose(weights, biases, params, composition=composition)
+    return CouplingsFit(C, list(params), backend.to_host(losses), strategy, composition)
