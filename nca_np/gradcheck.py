@@ -69,20 +69,24 @@ def max_relative_error(analytic, numeric, *, floor=1e-8) -> float:
 def _weighted_sum(out, weights) -> float:
     """A scalar loss ``Σ out ⊙ weights`` whose gradient with respect to
     ``out`` is ``weights``: used to check a layer pair on its own."""
-    return float((out * weights).sum())
+    return backend.to_float((out * weights).sum())
 
 
-def check_layer_pairs(*, seed=0, batch=5, n_in=6, n_out=4) -> list[tuple[str, float]]:
+def check_layer_pairs(*, seed=0, batch=5, n_in=6, n_out=4, module=numpy) -> list[tuple[str, float]]:
     """Check every forward/backward pair of :mod:`nca_np.layers` on its own.
 
-    Inputs are drawn so that some ReLUs are inactive. Returns a list of
-    ``(name, max relative error)``.
+    Inputs are drawn on the host (so that some ReLUs are inactive) and moved
+    to ``module``. Returns a list of ``(name, max relative error)``.
     """
     rng = backend.rng(seed)
-    x = rng.normal(size=(batch, n_in))
-    W = rng.normal(size=(n_out, n_in))
-    b = rng.normal(size=n_out)
-    up = rng.normal(size=(batch, n_out))
+
+    def draw(draw_fn, *args, **kwargs):
+        return backend.to_device(draw_fn(*args, **kwargs), module)
+
+    x = draw(rng.normal, size=(batch, n_in))
+    W = draw(rng.normal, size=(n_out, n_in))
+    b = draw(rng.normal, size=n_out)
+    up = draw(rng.normal, size=(batch, n_out))
     results = []
 
     _, cache = dense_forward(x, W, b)
@@ -91,7 +95,7 @@ def check_layer_pairs(*, seed=0, batch=5, n_in=6, n_out=4) -> list[tuple[str, fl
         num = numerical_gradient(lambda: _weighted_sum(dense_forward(x, W, b)[0], up), arr)
         results.append((name, max_relative_error(grad, num)))
 
-    z = rng.normal(size=(batch, n_out))
+    z = draw(rng.normal, size=(batch, n_out))
     _, cache = relu_forward(z)
     num = numerical_gradient(lambda: _weighted_sum(relu_forward(z)[0], up), z)
     results.append(("relu dz", max_relative_error(relu_backward(up, cache), num)))
@@ -102,49 +106,49 @@ def check_layer_pairs(*, seed=0, batch=5, n_in=6, n_out=4) -> list[tuple[str, fl
         num = numerical_gradient(lambda: _weighted_sum(dense_relu_forward(x, W, b)[0], up), arr)
         results.append((name, max_relative_error(grad, num)))
 
-    m = rng.uniform(size=(batch, n_out))
-    xm = rng.uniform(size=(batch, n_out))
+    m = draw(rng.uniform, size=(batch, n_out))
+    xm = draw(rng.uniform, size=(batch, n_out))
     _, cache = mask_forward(xm, m)
     num = numerical_gradient(lambda: _weighted_sum(mask_forward(xm, m)[0], up), m)
     results.append(("mask dm", max_relative_error(mask_backward(up, cache), num)))
 
-    y_hat = rng.normal(size=(batch, n_out))
-    y = rng.normal(size=(batch, n_out))
+    y_hat = draw(rng.normal, size=(batch, n_out))
+    y = draw(rng.normal, size=(batch, n_out))
     _, cache = mse_forward(y_hat, y)
-    num = numerical_gradient(lambda: float(mse_forward(y_hat, y)[0]), y_hat)
+    num = numerical_gradient(lambda: backend.to_float(mse_forward(y_hat, y)[0]), y_hat)
     results.append(("mse dŷ", max_relative_error(mse_backward(cache), num)))
     return results
 
 
-def model_check_point(kind, *, n_freq=6, batch=5, seed=0):
+def model_check_point(kind, *, n_freq=6, batch=5, seed=0, module=numpy):
     """A float64 model and a batch at which some ReLUs of every layer are
     inactive and some active. Biases are set to small random values so
     their gradients are exercised away from zero.
 
     Returns:
-        ``(model, X, Y)`` with X, Y of shape (batch, n_freq).
+        ``(model, X, Y)`` with X, Y of shape (batch, n_freq), on ``module``.
     """
-    model = build_model(kind, n_freq, seed=seed, dtype=numpy.float64, module=numpy)
+    model = build_model(kind, n_freq, seed=seed, dtype=numpy.float64, module=module)
     rng = backend.rng(seed + 1)
     for b in model.biases:
-        b[...] = rng.normal(0.0, 0.3, size=b.shape)
-    X = rng.uniform(0.0, 2.0, size=(batch, n_freq))
-    Y = rng.uniform(0.0, 1.0, size=(batch, n_freq))
+        b[...] = backend.to_device(rng.normal(0.0, 0.3, size=b.shape), module)
+    X = backend.to_device(rng.uniform(0.0, 2.0, size=(batch, n_freq)), module)
+    Y = backend.to_device(rng.uniform(0.0, 1.0, size=(batch, n_freq)), module)
     return model, X, Y
 
 
-def check_model_gradients(kind, *, n_freq=6, batch=5, seed=0) -> list[tuple[str, float]]:
+def check_model_gradients(kind, *, n_freq=6, batch=5, seed=0, module=numpy) -> list[tuple[str, float]]:
     """Compare ``model.loss_and_grads`` with central differences of the loss
-    for every parameter of a float64 model.
+    for every parameter of a float64 model on ``module``.
 
     Returns:
         ``[(name, max relative error), …]`` with names like ``"dae W_1"``.
     """
-    model, X, Y = model_check_point(kind, n_freq=n_freq, batch=batch, seed=seed)
+    model, X, Y = model_check_point(kind, n_freq=n_freq, batch=batch, seed=seed, module=module)
     _, grads = model.loss_and_grads(X, Y)
     results = []
     for i, (param, grad) in enumerate(zip(model.params, grads)):
         name = f"{kind} {'W' if i % 2 == 0 else 'b'}_{i // 2 + 1}"
-        num = numerical_gradient(lambda: float(model.loss_and_grads(X, Y)[0]), param)
+        num = numerical_gradient(lambda: backend.to_float(model.loss_and_grads(X, Y)[0]), param)
         results.append((name, max_relative_error(grad, num)))
     return results

@@ -15,11 +15,15 @@ sign and the ReLU gate of the gradient are both exercised. The script
 verifies that and reports it as a row of its own.
 
 Prints a table (what, max relative error, threshold, PASS/FAIL) and exits
-with status 1 if anything fails.
+with status 1 if anything fails. ``--device gpu`` runs every check with the
+arrays on the GPU (CuPy), in float64 as well.
+
+    python scripts/gradcheck.py [--device cpu|gpu]
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -47,6 +51,11 @@ MARGIN = 1e-3
 N_FREQ, N_FRAMES = 8, 5
 
 
+def on_device(*arrays):
+    """Host arrays moved to the active backend."""
+    return [backend.to_device(a) for a in arrays]
+
+
 def chain_point(depth: int, composition: str, seed: int):
     """Float64 (weights, biases, Ps, X, V) for a depth-L chain, V = C X + noise."""
     rng = backend.rng(seed)
@@ -57,7 +66,7 @@ def chain_point(depth: int, composition: str, seed: int):
     X = rng.uniform(0.1, 2.0, (F, T))
     CX = nca.compose(weights, biases, Ps, composition=composition) @ X
     V = CX + rng.normal(0.0, float(CX.std()), (F, T))
-    return weights, biases, Ps, X, V
+    return on_device(*weights), on_device(*biases), on_device(*Ps), *on_device(X, V)
 
 
 def error_row(what: str, error: float, threshold: float):
@@ -72,6 +81,7 @@ def condition_row(what: str, holds: bool):
 
 def is_fair(array) -> bool:
     """Both signs present and every entry at least MARGIN from zero."""
+    array = backend.to_host(array)
     return bool((array < 0).any() and (array > 0).any() and numpy.abs(array).min() > MARGIN)
 
 
@@ -88,8 +98,9 @@ def student_checks():
     C = rng.normal(0.0, 0.5, (N_FREQ, N_FREQ))
     X = rng.uniform(0.1, 2.0, (N_FREQ, N_FRAMES))
     V = C @ X + rng.normal(0.0, 1.0, (N_FREQ, N_FRAMES))
+    C, X, V = on_device(C, X, V)
     _, dC = nca.student_loss_and_grad(C, X, V)
-    numeric = numerical_gradient(lambda: float(nca.student_loss_and_grad(C, X, V)[0]), C)
+    numeric = numerical_gradient(lambda: backend.to_float(nca.student_loss_and_grad(C, X, V)[0]), C)
     return [condition_row("student check point (signs, margins)", is_fair(C @ X - V)),
             error_row("student dC", max_relative_error(dC, numeric), NCA_THRESHOLD)]
 
@@ -111,7 +122,7 @@ def compositional_checks(depth: int, composition: str):
     _, dPs = nca.compositional_loss_and_grads(*point, composition=composition)
 
     def loss():
-        return float(nca.compositional_loss_and_grads(*point, composition=composition)[0])
+        return backend.to_float(nca.compositional_loss_and_grads(*point, composition=composition)[0])
 
     for layer, (P, dP) in enumerate(zip(Ps, dPs), start=1):
         rows.append(error_row(f"{label} dP_{layer}", max_relative_error(dP, numerical_gradient(loss, P)), NCA_THRESHOLD))
@@ -119,9 +130,11 @@ def compositional_checks(depth: int, composition: str):
 
 
 def all_checks():
-    rows = [error_row(f"layer {name}", error, THRESHOLD) for name, error in check_layer_pairs()]
+    module = backend.xp()
+    rows = [error_row(f"layer {name}", error, THRESHOLD) for name, error in check_layer_pairs(module=module)]
     for kind in KINDS:
-        rows += [error_row(f"model {name}", error, THRESHOLD) for name, error in check_model_gradients(kind)]
+        rows += [error_row(f"model {name}", error, THRESHOLD)
+                 for name, error in check_model_gradients(kind, module=module)]
     rows += student_checks()
     for composition in nca.COMPOSITIONS:
         for depth in (2, 4):
@@ -129,7 +142,16 @@ def all_checks():
     return rows
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    args = parser.parse_args(argv)
+    try:
+        backend.use(args.device)
+    except backend.BackendError as exc:
+        print(f"gradcheck.py: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"finite-difference checks in float64 on {backend.device_description()}")
     rows = all_checks()
     width = max(len(row[0]) for row in rows)
     print(f"{'what':<{width}}  {'max rel. error':>14}  {'threshold':>9}  result")

@@ -77,3 +77,10 @@ def test_checker_catches_a_missing_factor_of_two_in_the_loss(monkeypatch):
     monkeypatch.setattr(nca_np.models, "mse_backward", lambda cache: cache[0] / cache[1])
     errors = dict(check_model_gradients("sf"))
     assert errors["sf W_2"] == pytest.approx(1 / 3, rel=1e-3)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_checks_run_on_a_device_module(kind):
+    from strict_xp import strict
+    assert max(e for _, e in check_layer_pairs(module=strict)) < THRESHOLD
+    assert max(e for _, e in check_model_gradients(kind, module=strict)) < THRESHOLD
