@@ -16,15 +16,19 @@ import numpy
 
 
 @contextlib.contextmanager
-def atomic_open(path, mode="wb"):
-    """Open a temporary file beside ``path``; on success rename it to ``path``."""
+def atomic_open(path, mode="wb", **open_kwargs):
+    """Open a temporary file beside ``path``; on success rename it to ``path``.
+
+    The temporary is hidden (``.<name>.<pid>.tmp``), so readers that list a
+    folder (musdb, the cache) never see it; ``open_kwargs`` go to ``open``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A per-process name (not mkstemp, whose files are private to the owner)
     # so concurrent writers of the same file never share a temporary.
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     try:
-        with open(tmp, mode) as handle:
+        with open(tmp, mode, **open_kwargs) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

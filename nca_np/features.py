@@ -26,13 +26,13 @@ end-padding; the phase is measured from the frame centre.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import numpy
 import scipy.signal
 
 from . import backend
+from .atomic import atomic_open
 from .errors import ConfigError, DataError
 
 _WINDOWS = ("hamming", "hann")
@@ -446,17 +446,8 @@ class Scaler:
     def save(self, path) -> Path:
         """Write the state as ``.npz`` atomically (temporary file, then rename)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.parent / f".{path.name}.{os.getpid()}.tmp"
-        try:
-            with open(temporary, "wb") as stream:
-                numpy.savez(stream, **self.state_dict())
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
+        with atomic_open(path, "wb") as stream:
+            numpy.savez(stream, **self.state_dict())
         return path
 
     @classmethod

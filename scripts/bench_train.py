@@ -107,7 +107,11 @@ def main(argv=None) -> int:
     parser.add_argument("--freq", type=int, default=2049)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=10)
-    args = parser.parse_args(argv)
+    # `make bench ARGS=...` hands the same options to bench_nca.py, whose
+    # own (such as --frames) are not errors here, only noted.
+    args, others = parser.parse_known_args(argv)
+    if others:
+        print(f"bench_train.py: ignoring options it does not take: {' '.join(others)}", file=sys.stderr)
     try:
         module = backend.use(args.device)
     except backend.BackendError as exc:

@@ -16,7 +16,6 @@ import csv
 import dataclasses
 import io
 import math
-import os
 from importlib import resources
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy
 import scipy.signal
 import scipy.special
 
+from ..atomic import atomic_open
 from ..errors import DataError
 
 PREVIEWS_RESOURCE = "musdb18_30s_previews.csv"
@@ -218,22 +218,13 @@ def activation_confidence_excerpt(sources, sample_rate: int = 44100, seconds: fl
 def write_cutlist(path, excerpts) -> Path:
     """Write excerpts as CSV (header ``track,start_s,end_s,source``), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    try:
-        with open(temporary, "w", newline="", encoding="utf-8") as stream:
-            writer = csv.writer(stream)
-            writer.writerow(CUTLIST_HEADER)
-            for excerpt in excerpts:
-                # repr() keeps every digit, so a round trip is exact.
-                start_s, end_s = repr(float(excerpt.start_s)), repr(float(excerpt.end_s))
-                writer.writerow([excerpt.track, start_s, end_s, excerpt.source])
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w", newline="", encoding="utf-8") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(CUTLIST_HEADER)
+        for excerpt in excerpts:
+            # repr() keeps every digit, so a round trip is exact.
+            start_s, end_s = repr(float(excerpt.start_s)), repr(float(excerpt.end_s))
+            writer.writerow([excerpt.track, start_s, end_s, excerpt.source])
     return path
 
 

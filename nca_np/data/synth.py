@@ -30,7 +30,6 @@ resumes by regenerating exactly the tracks that are incomplete.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy
@@ -38,6 +37,7 @@ import scipy.signal
 import soundfile
 
 from .. import backend
+from ..atomic import atomic_open
 from ..errors import ConfigError
 
 STEMS = ("vocals", "drums", "bass", "other")
@@ -160,16 +160,8 @@ def _write_track(folder: Path, stems: dict, sample_rate: int) -> None:
 
 
 def _write_wav(path: Path, samples: numpy.ndarray, sample_rate: int) -> None:
-    # A hidden name in the same folder (musdb ignores it), made with the usual permissions.
-    temporary = path.parent / f".{path.stem}.{os.getpid()}.tmp"
-    try:
-        soundfile.write(temporary, samples, sample_rate, subtype="PCM_16", format="WAV")
-        with open(temporary, "rb+") as stream:
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as stream:
+        soundfile.write(stream, samples, sample_rate, subtype="PCM_16", format="WAV")
 
 
 # --------------------------------------------------------------------------
