@@ -31,7 +31,7 @@ from .atomic import save_npz, write_json
 from .config import config_hash
 from .errors import UserError
 from .models import KINDS, build_model
-from .train import CHECKPOINT, FINAL_MODEL, TrainSettings, load_model, read_state, train
+from .train import CHECKPOINT, FINAL_MODEL, TrainSettings, load_model, train, versions
 
 FIGURE_SEGMENT = 0  # Figure 3 shows the first segment of the first test excerpt
 
@@ -125,7 +125,7 @@ def _record_time(ws: Workspace, stage: str, shard: Shard, seconds: float) -> Non
     path = ws.timings_dir / f"{stage}-{shard}.json"
     previous = json.loads(path.read_text())["seconds"] if path.exists() else 0.0
     write_json(path, {"stage": stage, "shard": str(shard), "seconds": previous + seconds,
-                      "device": backend.device_description()})
+                      "backend": backend.name(), "device": backend.device_description()})
 
 
 def _unit_bar(units, desc, progress):
@@ -146,7 +146,9 @@ def synth_stage(ws: Workspace, *, log=print) -> Path:
     root = generate_corpus(ws.synthetic_root, n_train=data["synth_train_tracks"], n_test=data["synth_test_tracks"],
                            seconds=data["synth_seconds"], test_seconds=data["synth_test_seconds"],
                            seed=data["synth_seed"])
-    log(f"synthetic corpus ready at {root} ({time.perf_counter() - started:.1f} s)")
+    seconds = time.perf_counter() - started
+    _record_time(ws, "synth", Shard(), seconds)
+    log(f"synthetic corpus ready at {root} ({seconds:.1f} s)")
     return root
 
 
@@ -399,12 +401,13 @@ def report_stage(ws: Workspace, *, log=print) -> Path:
     units = _load_units(ws, segments)
     kinds = list(config["train"]["kinds"])
     histories = {kind: [] for kind in kinds}
-    sums, versions_seen = {}, {}
+    sums, training_versions = {}, []
     for kind, run, model, meta in _trained_models(ws):
         histories[kind].append(meta["history"])
         linear = linear_composition(model)
         sums[kind] = linear if kind not in sums else sums[kind] + linear
-        versions_seen = meta["versions"]
+        if meta["versions"] not in training_versions:
+            training_versions.append(meta["versions"])
     linear_compositions = {kind: sums[kind] / config["train"]["runs"] for kind in kinds}
     figure = _figure_segment(ws, segments[FIGURE_SEGMENT], kinds)
     settings = StftSettings.from_config(config["stft"])
@@ -414,7 +417,7 @@ def report_stage(ws: Workspace, *, log=print) -> Path:
         "seeds": {"train": {str(r): run_seed(config, r) for r in range(config["train"]["runs"])},
                   "nca": config["nca"]["seed"],
                   "drawn_runs": {f"{u['kind']}/{u['segment']['id']}": u["run"] for u in units}},
-        "versions": versions_seen, "backend": backend.name(), "device": _devices(ws),
+        "versions": {"training": training_versions, "report": versions()}, "backend": _stage_records(ws, "backend"), "device": _stage_records(ws, "device"),
         "wall_time_seconds": _stage_times(ws), "n_segments": len(segments),
     }
     paths = write_report(ws.results_dir, units=units, kinds=kinds, strategies=list(config["nca"]["strategies"]),
@@ -424,8 +427,9 @@ def report_stage(ws: Workspace, *, log=print) -> Path:
     return ws.results_dir / "report.md"
 
 
-def _devices(ws: Workspace) -> list[str]:
-    return sorted({json.loads(p.read_text())["device"] for p in ws.timings_dir.glob("*.json")})
+def _stage_records(ws: Workspace, key: str) -> list[str]:
+    """The distinct values of ``key`` (backend, device) over the stages run."""
+    return sorted({json.loads(p.read_text()).get(key, "unknown") for p in ws.timings_dir.glob("*.json")})
 
 
 def _figure_segment(ws: Workspace, segment: dict, kinds) -> dict:
@@ -452,7 +456,7 @@ def plan(ws: Workspace, *, calibrate=True) -> str:
     lines.append(f"trainings: {len(trainings)} ({len(config['train']['kinds'])} models × {config['train']['runs']} runs); "
                  f"{len(finished)} finished, {len(started)} interrupted (will resume)")
     n_frames, n_segments, source = _data_size(ws)
-    done = sum(1 for p in ws.couplings_dir.glob("*/s*.json")) if ws.couplings_dir.exists() else 0
+    done = sum(1 for p in ws.couplings_dir.glob("*/s[0-9]*.json")) if ws.couplings_dir.exists() else 0
     n_units = n_segments * len(config["train"]["kinds"])
     lines.append(f"NCA: {n_segments} segments × {len(config['train']['kinds'])} models = {n_units} units, "
                  f"strategies {', '.join(config['nca']['strategies'])}, {config['nca']['iterations']} iterations; "
