@@ -26,7 +26,7 @@ SECTIONS = ("profile", "stft", "data", "train", "nca")
 def profile_path(name_or_path: str) -> Path:
     """Resolve a profile name ("paper", "demo") or a path to a TOML file."""
     path = Path(name_or_path)
-    if path.suffix == ".toml" or path.exists():
+    if path.suffix == ".toml" or path.is_file():
         candidate = path
     else:
         candidate = PROFILE_DIR / f"{name_or_path}.toml"

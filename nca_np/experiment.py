@@ -465,11 +465,11 @@ def plan(ws: Workspace, *, calibrate=True) -> str:
         step, iterations = _calibrate(config)
         epochs = config["train"]["max_epochs"]
         batches = -(-n_frames // config["train"]["batch_size"])
-        train_s = sum(step[k] for k, _ in trainings if (k, _) not in finished) * batches * epochs
+        epoch_s = sum(step[kind] for kind, run in trainings if (kind, run) not in finished) * batches
         nca_left = max(n_units - done, 0) / max(len(config["train"]["kinds"]), 1)
         nca_s = sum(iterations[k] for k in config["train"]["kinds"]) * config["nca"]["iterations"] * nca_left
-        lines.append(f"estimate: training at most {_duration(train_s)} (if every run used all {epochs} epochs), "
-                     f"NCA about {_duration(nca_s)}")
+        lines.append(f"estimate: training {_duration(epoch_s)} per epoch of every unfinished run, at most "
+                     f"{_duration(epoch_s * epochs)} if all use {epochs} epochs; NCA about {_duration(nca_s)}")
     return "\n".join(lines)
 
 
@@ -501,8 +501,21 @@ def _data_size(ws: Workspace) -> tuple[int, int, str]:
     return frames, per_excerpt * n_test, "estimated before preparation"
 
 
+def _seconds_per_call(fn, module, *, budget=0.3) -> float:
+    """Mean seconds of ``fn()`` after a warm-up call, over at least ``budget`` s."""
+    fn()
+    backend.synchronize(module)
+    calls, begin = 0, time.perf_counter()
+    while calls < 2 or time.perf_counter() - begin < budget:
+        fn()
+        calls += 1
+    backend.synchronize(module)
+    return (time.perf_counter() - begin) / calls
+
+
 def _calibrate(config: dict) -> tuple[dict, dict]:
-    """Seconds per training step and per NCA iteration (all strategies), per model."""
+    """Seconds per training step, and per NCA iteration of all strategies
+    (setup excluded: the difference of a long and a short fit), per model."""
     from .nca import fit_couplings
     from .optim import Adam
 
@@ -516,19 +529,14 @@ def _calibrate(config: dict) -> tuple[dict, dict]:
     for kind in config["train"]["kinds"]:
         model = build_model(kind, n_freq, module=module)
         optimizer = Adam(model.params)
-        timings = []
-        for _ in range(3):
-            begin = time.perf_counter()
-            optimizer.step(model.loss_and_grads(X, X)[1])
-            backend.synchronize(module)
-            timings.append(time.perf_counter() - begin)
-        step[kind] = min(timings)
+        step[kind] = _seconds_per_call(lambda: optimizer.step(model.loss_and_grads(X, X)[1]), module)
         iteration[kind] = 0.0
         for strategy in config["nca"]["strategies"]:
-            begin = time.perf_counter()
-            fit_couplings(model, segment, strategy, iterations=3, composition=config["nca"]["composition"])
-            backend.synchronize(module)
-            iteration[kind] += (time.perf_counter() - begin) / 3
+            def fit(n):
+                return lambda: fit_couplings(model, segment, strategy, iterations=n,
+                                             composition=config["nca"]["composition"])
+            long, short = _seconds_per_call(fit(6), module), _seconds_per_call(fit(2), module)
+            iteration[kind] += max(long - short, 0.0) / 4
     return step, iteration
 
 

@@ -182,3 +182,10 @@ def test_stages_after_prepare_need_neither_musdb_nor_soundfile(reference, tmp_pa
                         "--quiet"], check=True, capture_output=True, env=_env(), timeout=300)
     for name in TABLE_FILES:
         assert (_results(tmp_path) / name).read_bytes() == (_results(reference[0]) / name).read_bytes(), name
+
+
+def test_profile_names_are_not_confused_with_folders(tmp_path, monkeypatch):
+    from nca_np.config import load_profile
+    (tmp_path / "demo").mkdir()  # a folder named like a profile, e.g. a work folder
+    monkeypatch.chdir(tmp_path)
+    assert load_profile("demo")["profile"]["name"] == "demo"
