@@ -39,7 +39,7 @@ def _load_cupy():
     """
     try:
         import cupy
-    except ImportError as exc:
+    except Exception as exc:  # ImportError, or a broken CUDA install failing at import
         raise BackendError(
             "CuPy backend requested but cupy is not installed "
             "(pip install 'nca_np[gpu]' or the cupy-cudaXXx wheel for your driver)"
@@ -50,8 +50,7 @@ def _load_cupy():
     except Exception as exc:  # CUDA errors come in many types
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BackendError(f"CuPy backend requested but no usable GPU was found: {first_line}") from exc
-    _module_by_type[cupy.ndarray] = cupy
-    return cupy
+    return _register_cupy()
 
 
 def use(name: str | None = None):
@@ -102,9 +101,17 @@ def array_module(*arrays):
     """
     for array in arrays:
         module = _module_by_type.get(type(array))
+        if module is None and type(array).__module__.startswith("cupy"):
+            module = _register_cupy()  # a CuPy array made before use("cupy")
         if module is not None:
             return module
     return numpy
+
+
+def _register_cupy():
+    import cupy
+    _module_by_type[cupy.ndarray] = cupy
+    return cupy
 
 
 def to_device(host_array, module=None):
@@ -148,6 +155,14 @@ def synchronize(module=None) -> None:
     module = module if module is not None else xp()
     if module is not numpy and hasattr(module, "cuda"):
         module.cuda.Device().synchronize()
+
+
+def free_device_bytes(module=None) -> int | None:
+    """Free memory of the current GPU in bytes; None for NumPy (host)."""
+    module = module if module is not None else xp()
+    if module is numpy or not hasattr(module, "cuda"):
+        return None
+    return int(module.cuda.Device().mem_info[0])
 
 
 def device_description() -> str:

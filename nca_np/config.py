@@ -51,7 +51,73 @@ def load_profile(name_or_path: str, overrides=()) -> dict:
     missing = [s for s in SECTIONS if s not in config]
     if missing:
         raise ConfigError(f"{path}: missing section(s) {', '.join(missing)}")
-    return apply_overrides(config, overrides)
+    config = apply_overrides(config, overrides)
+    validate(config)
+    return config
+
+
+def _positive(value) -> bool:
+    return value > 0
+
+
+def _fraction(value) -> bool:
+    return 0 < value < 1
+
+
+def _choices(*allowed):
+    return lambda value: value in allowed
+
+
+def _subset(*allowed):
+    return lambda values: len(values) > 0 and len(set(values)) == len(values) and set(values) <= set(allowed)
+
+
+#: What each setting must satisfy, with the words the error uses.
+RULES = {
+    "data.corpus": (_choices("musdb18", "synthetic"), "'musdb18' or 'synthetic'"),
+    "data.excerpt_seconds": (_positive, "positive"),
+    "data.device_budget_gb": (lambda v: v >= 0, "zero or positive"),
+    "data.device_storage": (_choices("float16", "float32"), "'float16' or 'float32'"),
+    "data.synth_train_tracks": (_positive, "positive"),
+    "data.synth_test_tracks": (_positive, "positive"),
+    "data.synth_seconds": (_positive, "positive"),
+    "data.synth_test_seconds": (_positive, "positive"),
+    "train.kinds": (_subset("dae", "mss-dae", "sf"), "a list of distinct kinds from dae, mss-dae, sf"),
+    "train.runs": (_positive, "positive"),
+    "train.batch_size": (_positive, "positive"),
+    "train.learning_rate": (_positive, "positive"),
+    "train.beta1": (_fraction, "between 0 and 1"),
+    "train.beta2": (_fraction, "between 0 and 1"),
+    "train.eps": (_positive, "positive"),
+    "train.patience_halve": (_positive, "positive"),
+    "train.patience_stop": (_positive, "positive"),
+    "train.max_epochs": (_positive, "positive"),
+    "train.dtype": (_choices("float32", "float64"), "'float32' or 'float64'"),
+    "nca.strategies": (_subset("student", "compositional"), "a list from student, compositional"),
+    "nca.segment_frames": (_positive, "positive"),
+    "nca.iterations": (_positive, "positive"),
+    "nca.learning_rate": (_positive, "positive"),
+    "nca.composition": (_choices("paper", "authors-code"), "'paper' or 'authors-code'"),
+}
+
+
+def validate(config: dict) -> None:
+    """Check every setting before any work starts, so a bad value fails in
+    a second with one line, not after hours of training.
+
+    Raises:
+        ConfigError: naming the setting, its value and what it must be.
+    """
+    from .features import StftSettings
+
+    StftSettings.from_config(config["stft"])
+    for dotted, (holds, wanted) in RULES.items():
+        section, key = dotted.split(".")
+        if key not in config[section]:
+            raise ConfigError(f"setting {dotted} is missing from the profile")
+        value = config[section][key]
+        if not holds(value):
+            raise ConfigError(f"setting {dotted} = {value!r} is invalid: it must be {wanted}")
 
 
 def _parse_value(text: str):

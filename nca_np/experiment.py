@@ -180,13 +180,29 @@ def open_prepared_cache(ws: Workspace):
 def training_units(config: dict, kinds=None, runs=None) -> list[tuple[str, int]]:
     """All (kind, run) pairs, sorted, optionally restricted."""
     kinds = [k for k in config["train"]["kinds"] if kinds is None or k in kinds]
-    runs = range(config["train"]["runs"]) if runs is None else runs
-    return [(kind, run) for kind in kinds for run in runs]
+    every_run = range(config["train"]["runs"])
+    outside = sorted(set(runs or ()) - set(every_run))
+    if outside:
+        raise UserError(f"run numbers {outside} are outside this profile's train.runs = {len(every_run)} "
+                        f"(runs are numbered 0 to {len(every_run) - 1})")
+    return [(kind, run) for kind in kinds for run in (every_run if runs is None else sorted(set(runs)))]
 
 
 def run_seed(config: dict, run: int) -> int:
     """The seed of run ``run`` (its initial weights and batch order)."""
     return config["train"]["seed"] + run
+
+
+def _device_budget(data: dict, module, log) -> int:
+    """Bytes the training frames may take on the device: the configured
+    budget, but never more than 80 % of the memory free right now."""
+    budget = int(data["device_budget_gb"] * 2**30)
+    free = backend.free_device_bytes(module)
+    if free is not None and budget > 0.8 * free:
+        log(f"device frame budget lowered from {budget / 2**30:.1f} GiB to 80% of the free "
+            f"{free / 2**30:.1f} GiB")
+        budget = int(0.8 * free)
+    return budget
 
 
 def train_stage(ws: Workspace, *, shard=Shard(), kinds=None, runs=None, progress=True, log=print) -> None:
@@ -200,7 +216,7 @@ def train_stage(ws: Workspace, *, shard=Shard(), kinds=None, runs=None, progress
     cache = open_prepared_cache(ws)
     module = backend.xp()
     data = config["data"]
-    source = cache.train_frames(module=module, device_budget_bytes=int(data["device_budget_gb"] * 2**30),
+    source = cache.train_frames(module=module, device_budget_bytes=_device_budget(data, module, log),
                                 storage_dtype=data["device_storage"])
     settings = TrainSettings.from_config(config["train"])
     started = time.perf_counter()
@@ -436,6 +452,9 @@ def _figure_segment(ws: Workspace, segment: dict, kinds) -> dict:
     figure = {"track": segment["track"], "segment_index": segment["index"]}
     for kind in kinds:
         path = _unit_path(ws, kind, segment).with_suffix(".npz")
+        if not path.exists():
+            raise UserError(f"cannot report: {path} (the matrices of Figure 3) is missing; delete "
+                            f"{path.with_suffix('.json')} and run `nca-np couplings` again to redo that unit")
         with numpy.load(path) as data:
             figure[kind] = {k: data[k] for k in data.files}
     return figure
@@ -546,9 +565,16 @@ def _calibrate(config: dict) -> tuple[dict, dict]:
 
 def reproduce(ws: Workspace, *, musdb_root=None, shard=Shard(), progress=True, log=print) -> Path | None:
     """Every stage in order; each skips what is already done."""
-    if ws.config["data"]["corpus"] == "synthetic":
-        synth_stage(ws, log=log)
-    prepare_stage(ws, musdb_root=musdb_root, progress=progress, log=log)
+    if shard.count == 1:
+        if ws.config["data"]["corpus"] == "synthetic":
+            synth_stage(ws, log=log)
+        prepare_stage(ws, musdb_root=musdb_root, progress=progress, log=log)
+    else:  # shards started together must not all write the same cache
+        try:
+            open_prepared_cache(ws)
+        except UserError:
+            raise UserError("sharded runs read a prepared cache: run `nca-np prepare` once before "
+                            "starting the shards") from None
     train_stage(ws, shard=shard, progress=progress, log=log)
     couplings_stage(ws, shard=shard, progress=progress, log=log)
     if shard.count > 1:

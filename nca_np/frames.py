@@ -292,6 +292,11 @@ class DeviceFrames:
         self._vocals = self._fill(vocals, scale, "vocals")
 
     @property
+    def storage_dtype(self) -> str:
+        """"float16" or "float32": the precision the frames are held in."""
+        return self._storage_dtype.name
+
+    @property
     def nbytes(self) -> int:
         """Bytes held in the module's memory."""
         return device_bytes(self.n_frames, self.n_freq, self._storage_dtype.name)

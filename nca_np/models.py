@@ -72,11 +72,14 @@ class Model:
         return self.params[0].dtype
 
     def _as_input(self, X):
-        """Check ``X`` is (B, F) and give it the model's dtype (a float32
-        model never silently computes in float64)."""
+        """Check ``X`` is (B, F); give it the model's array module and dtype
+        (a float32 model never silently computes in float64)."""
         if X.ndim != 2 or X.shape[1] != self.n_freq:
             raise ValueError(f"input of shape {tuple(X.shape)} does not fit a model of "
                              f"{self.n_freq} bins: expected (B, {self.n_freq})")
+        module = backend.array_module(self.params[0])
+        if backend.array_module(X) is not module:
+            X = backend.to_device(backend.to_host(X), module)
         return X if X.dtype == self.dtype else X.astype(self.dtype)
 
     def _forward(self, X):
@@ -116,8 +119,7 @@ class Model:
             ``(loss, grads)``: loss a 0-d array of the model's module and
             dtype, grads a list in the order of ``params``.
         """
-        X = self._as_input(X)
-        Y = Y if Y.dtype == self.dtype else Y.astype(self.dtype)
+        X, Y = self._as_input(X), self._as_input(Y)
         v, caches = self._forward(X)
         if self.kind == "sf":
             y_hat, mask_cache = mask_forward(X, v)

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 import numpy
 
-from .backend import array_module
+from .backend import array_module, to_device, to_host
 
 #: Elements per chunk of the NumPy update: 128 Ki float32 = 512 KiB per
 #: array, so the five live chunks stay in the core's L2 cache (the best
@@ -152,7 +152,7 @@ class Adam:
         self.lr, self.beta1, self.beta2, self.eps = (float(state[k]) for k in ("lr", "beta1", "beta2", "eps"))
         self.t = int(state["t"])
         for mine, theirs in zip(self.m + self.v, list(state["m"]) + list(state["v"])):
-            mine[...] = theirs
+            mine[...] = to_device(to_host(theirs), array_module(mine))
 
 
 @dataclass

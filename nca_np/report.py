@@ -3,14 +3,16 @@
 This module knows nothing of where runs and couplings are stored: the
 experiment gathers and validates the saved results and hands them over as
 plain data. :func:`summarise` turns the per-segment results into the numbers
-of the paper's three tables; :func:`write_report` writes the report folder:
+of the paper's three tables; :func:`write_report` checks every input, then
+writes the report folder:
 
 - ``report.md``: what was run, Tables 1–3, the figures, the metadata;
 - ``table1_tod_r.csv``, ``table2_snr_model.csv``, ``table3_snr_true.csv``
   and ``tables.json`` (the :func:`summarise` dict);
 - ``metadata.json`` (the caller's metadata, verbatim);
-- ``figure2_linear_compositions.png``, ``figure3_couplings.png``,
-  ``training_loss.png``, ``nca_convergence.png``.
+- the four PNGs of :mod:`nca_np.figures` (``figure2_linear_compositions.png``,
+  ``figure3_couplings.png``, ``training_loss.png``, ``nca_convergence.png``),
+  drawn from the host copies of the matrices checked here.
 
 Every file is written atomically, and the text files are a pure function of
 the inputs (no clock, sorted keys, fixed float formats), so the same results
@@ -38,8 +40,10 @@ from pathlib import Path
 import numpy
 
 from . import backend, metrics
-from .atomic import atomic_open, write_json, write_text
+from .atomic import write_json, write_text
 from .errors import UserError
+from .figures import (CLIP_PERCENTILE, DPI, FIGURE_FILES, ZOOM_CLIP_PERCENTILE, ZOOM_HZ, write_figures,
+                      zoom_bins)
 
 DISPLAY_NAMES = {"dae": "DAE", "mss-dae": "MSS-DAE", "sf": "SF"}
 STRATEGY_LABELS = {"student": "NCA student", "compositional": "NCA compositional"}
@@ -51,35 +55,10 @@ COMPOSITION_READINGS = {
 
 TABLE1, TABLE2, TABLE3 = "table1_tod_r", "table2_snr_model_db", "table3_snr_true_db"
 CSV_FILES = {TABLE1: "table1_tod_r.csv", TABLE2: "table2_snr_model.csv", TABLE3: "table3_snr_true.csv"}
-FIGURE_FILES = {
-    "figure2": "figure2_linear_compositions.png",
-    "figure3": "figure3_couplings.png",
-    "training": "training_loss.png",
-    "convergence": "nca_convergence.png",
-}
-
 #: Decimals of the "mean (std)" cells in report.md; the CSVs carry six.
 DECIMALS = {TABLE1: 2, TABLE2: 2, TABLE3: 2}
 CSV_FORMAT = ".6f"
 STD_NOTE = "population standard deviation (ddof = 0) over the finite values"
-
-#: Figure 3 zooms on the bins up to this frequency (at least MIN_ZOOM_BINS).
-ZOOM_HZ = 1500.0
-MIN_ZOOM_BINS = 8
-#: Colour scales of whole matrices end at this percentile of |values|: a
-#: dominant diagonal (1/F of the entries) then keeps its full colour and
-#: visibly dominates, while a lone outlier cannot wash out the picture.
-CLIP_PERCENTILE = 99.9
-#: The zooms on the lowest bins end lower, so that the diagonal saturates
-#: and the weaker off-diagonal structure near it becomes visible.
-ZOOM_CLIP_PERCENTILE = 99.0
-#: Spectra in Figure 3 are shown over this many dB below their peak.
-DYNAMIC_RANGE_DB = 60.0
-#: Matrices larger than this are shown as means over square blocks of bins
-#: (about the panels' size in pixels), so the picture is a faithful average
-#: rather than a resampling artefact that drops rows.
-MAX_DISPLAY_BINS = 320
-DPI = 120
 
 
 class ReportError(UserError, ValueError):
@@ -201,13 +180,12 @@ def _check_kinds_strategies(kinds, strategies) -> None:
         raise ReportError(f"strategies lists a strategy twice: {list(strategies)}")
 
 
-def _the_one(units, key: str, what: str):
-    """The value of ``unit[key]`` shared by every unit, or a clear error."""
+def _check_shared(units, key: str, what: str) -> None:
+    """A clear error unless every unit has the same ``unit[key]``."""
     found = sorted({str(u.get(key)) for u in units})
     if len(found) != 1:
         raise ReportError(f"the results mix {what}s {', '.join(found)}: report one experiment at a time "
                           "(re-run the stages that are out of date)")
-    return units[0].get(key)
 
 
 def _group_units(units, kinds) -> dict:
@@ -220,7 +198,7 @@ def _group_units(units, kinds) -> dict:
         kind = unit.get("kind")
         if kind not in by_kind:
             raise ReportError(f"{_unit_name(unit)}: model kind {kind!r} is not among kinds {list(kinds)}")
-        segment_id = unit.get("segment", {}).get("id")
+        segment_id = unit["segment"].get("id")
         if (kind, segment_id) in seen:
             raise ReportError(f"{_unit_name(unit)} appears twice: "
                               "each (model, segment) must be reported once")
@@ -267,8 +245,8 @@ def summarise(units, *, kinds, strategies) -> dict:
     units = list(units)
     if not units:
         raise ReportError("no couplings results to report: run the couplings stage first")
-    _the_one(units, "config_hash", "configuration hash")
-    _the_one(units, "composition", "composition reading")
+    _check_shared(units, "config_hash", "configuration hash")
+    _check_shared(units, "composition", "composition reading")
     by_kind = _group_units(units, kinds)
     return {table: _summarise_table(table, by_kind, kinds, strategies) for table in (TABLE1, TABLE2, TABLE3)}
 
@@ -291,15 +269,6 @@ def describe_units(units) -> dict:
 
 
 # ------------------------------------------------------------------ text
-
-
-def _plain(value: float, decimals: int) -> str:
-    """Fixed-decimal text of a float ('inf', '-inf', 'nan' when not finite)."""
-    if math.isnan(value):
-        return "nan"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return f"{value:.{decimals}f}"
 
 
 def _undefined_mean(cell: dict) -> str:
@@ -343,22 +312,27 @@ def _smallest_means(table: dict) -> dict:
     return smallest
 
 
+def _markdown(header: list[str], rows) -> str:
+    """A Markdown table: ``header`` and each of ``rows`` list cell texts."""
+    def line(cells) -> str:
+        return "| " + " | ".join(cells) + " |"
+    return "\n".join([line(header), "|" + "---|" * len(header)] + [line(cells) for cells in rows]) + "\n"
+
+
 def markdown_table(table: dict, decimals: int, *, bold_smallest: bool = False) -> str:
     """A summarised table as Markdown: model, n, one "mean (std)" per column."""
     bold = _smallest_means(table) if bold_smallest else {}
     header = ["Model", "n"] + [c["label"] for c in table["columns"]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in table["rows"]:
-        cells = [format_cell(row["cells"][c["key"]], decimals, bold=row["kind"] in bold.get(c["key"], ()))
-                 for c in table["columns"]]
-        lines.append("| " + " | ".join([row["model"], str(row["n_segments"])] + cells) + " |")
-    return "\n".join(lines) + "\n"
+    rows = [[row["model"], str(row["n_segments"])]
+            + [format_cell(row["cells"][c["key"]], decimals, bold=row["kind"] in bold.get(c["key"], ()))
+               for c in table["columns"]]
+            for row in table["rows"]]
+    return _markdown(header, rows)
 
 
 def _csv_number(value) -> str:
-    if value is None:
-        return "nan"
-    return format(value, CSV_FORMAT) if math.isfinite(value) else _plain(value, 6)
+    """CSV text of a float ('inf', '-inf', 'nan' when not finite) or None."""
+    return "nan" if value is None else format(value, CSV_FORMAT)
 
 
 def table_csv(table: dict) -> str:
@@ -479,8 +453,10 @@ def _run_paragraph(context: dict, kinds, strategies, histories, metadata, n_freq
 
 
 def _training_table(histories: dict, kinds) -> str:
-    lines = ["| Model | runs | epochs (min–max) | best training loss, mean (std) "
-             "| training time (s, all runs) |", "|---|---|---|---|---|"]
+    """Per model: runs, epochs, best training loss, training time."""
+    header = ["Model", "runs", "epochs (min–max)", "best training loss, mean (std)",
+              "training time (s, all runs)"]
+    rows = []
     for kind in kinds:
         runs = histories.get(kind, [])
         epochs = [len(run) for run in runs]
@@ -488,9 +464,8 @@ def _training_table(histories: dict, kinds) -> str:
         seconds = sum(_number(r.get("seconds"), "history seconds") for run in runs for r in run
                       if r.get("seconds") is not None)
         span = f"{min(epochs)}–{max(epochs)}" if epochs else "–"
-        lines.append(f"| {display_name(kind)} | {len(runs)} | {span} | {format_cell(best, 6)} "
-                     f"| {seconds:.1f} |")
-    return "\n".join(lines) + "\n"
+        rows.append([display_name(kind), str(len(runs)), span, format_cell(best, 6), f"{seconds:.1f}"])
+    return _markdown(header, rows)
 
 
 def _best_loss(run) -> float:
@@ -500,18 +475,19 @@ def _best_loss(run) -> float:
 
 
 def _nca_time_table(units, kinds, strategies) -> str:
+    """Per model and strategy: seconds of NCA per segment."""
     header = ["Model"] + [f"{STRATEGY_LABELS[s]}: s per segment, mean (std)" for s in strategies]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for kind in kinds:
         of_kind = [u for u in units if u["kind"] == kind]
-        cells = [format_cell(cell_statistics(u["strategies"][s].get("seconds") for u in of_kind), 2)
-                 for s in strategies]
-        lines.append("| " + " | ".join([display_name(kind)] + cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append([display_name(kind)] + [
+            format_cell(cell_statistics(u["strategies"][s].get("seconds") for u in of_kind), 2)
+            for s in strategies])
+    return _markdown(header, rows)
 
 
 def _linear_tod_r_text(linear_compositions: dict, kinds) -> str:
-    values = [f"{display_name(k)} {_plain(metrics.tod_r(linear_compositions[k]), 2)}"
+    values = [f"{display_name(k)} {metrics.tod_r(linear_compositions[k]):.2f}"
               for k in kinds if k in linear_compositions]
     return f" TOD-R of these matrices: {', '.join(values)}." if values else ""
 
@@ -582,13 +558,19 @@ def render_report(tables: dict, *, units, kinds, strategies, histories, linear_c
         _nca_time_table(units, kinds, strategies),
         "## Metadata\n",
         "All of it in [metadata.json](metadata.json).\n",
-        "| Key | Value |\n|---|---|\n" + "".join(f"| {_escape(k)} | {_escape(v)} |\n"
-                                            for k, v in _flatten(metadata)),
+        _markdown(["Key", "Value"], ([_escape(k), _escape(v)] for k, v in _flatten(metadata))),
     ]
     return "\n".join(sections)
 
 
-# ---------------------------------------------------------------- arrays
+# ---------------------------------------------------------------- report
+
+
+def _check_spectral_settings(sample_rate, n_fft) -> None:
+    if not (isinstance(sample_rate, numbers.Real) and sample_rate > 0):
+        raise ReportError(f"sample_rate must be a positive number of Hz, got {sample_rate!r}")
+    if not (isinstance(n_fft, numbers.Integral) and n_fft > 0):
+        raise ReportError(f"n_fft must be a positive integer, got {n_fft!r}")
 
 
 def host_matrix(array, what: str, *, ndim: int = 2) -> numpy.ndarray:
@@ -599,142 +581,22 @@ def host_matrix(array, what: str, *, ndim: int = 2) -> numpy.ndarray:
     return host
 
 
-def block_mean(matrix: numpy.ndarray, max_bins: int = MAX_DISPLAY_BINS) -> tuple[numpy.ndarray, int]:
-    """Means over square ``b × b`` blocks, with ``b`` the smallest factor
-    that brings both sides to at most ``max_bins``.
-
-    Args:
-        matrix: (R, K) host array (float32 stays float32).
-
-    Returns:
-        ``(blocks, b)``: ``blocks`` of shape (ceil(R/b), ceil(K/b)), each the
-        mean of the entries it covers (edge blocks cover fewer); ``b = 1``
-        returns ``matrix`` itself.
-    """
-    factor = max(1, math.ceil(max(matrix.shape) / max_bins))
-    if factor == 1:
-        return matrix, 1
-    rows, cols = (math.ceil(n / factor) for n in matrix.shape)
-    padded = numpy.zeros((rows * factor, cols * factor), dtype=matrix.dtype)
-    padded[:matrix.shape[0], :matrix.shape[1]] = matrix
-    counts = numpy.zeros(padded.shape, dtype=matrix.dtype)
-    counts[:matrix.shape[0], :matrix.shape[1]] = 1
-    sums = padded.reshape(rows, factor, cols, factor).sum(axis=(1, 3))
-    return sums / counts.reshape(rows, factor, cols, factor).sum(axis=(1, 3)), factor
-
-
-def colour_limit(values: numpy.ndarray, percentile: float = CLIP_PERCENTILE) -> float:
-    """The ``percentile``-th percentile of the finite |values| (1.0 if 0)."""
-    magnitudes = numpy.abs(values[numpy.isfinite(values)])
-    if magnitudes.size == 0:
-        return 1.0
-    limit = float(numpy.percentile(magnitudes, percentile))
-    return limit if limit > 0.0 else (float(magnitudes.max()) or 1.0)
-
-
-def zoom_bins(n_freq: int, sample_rate: float, n_fft: int) -> int:
-    """How many of the lowest bins Figure 3 zooms on: those up to
-    :data:`ZOOM_HZ`, at least :data:`MIN_ZOOM_BINS`, at most ``n_freq``."""
-    up_to_zoom = int(math.floor(ZOOM_HZ * n_fft / sample_rate)) + 1
-    return min(n_freq, max(MIN_ZOOM_BINS, up_to_zoom))
-
-
-# --------------------------------------------------------------- figures
-
-
-def _figure(width: float, height: float):
-    """A figure that renders with Agg, without pyplot or any global backend
-    switch (so a caller's interactive backend is left alone)."""
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def _save_png(figure, path: Path, dpi: int) -> None:
-    # No "Software" entry: the PNG then depends on the pixels only.
-    with atomic_open(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=dpi, metadata={"Software": None})
-
-
-def _not_available(axis, text: str) -> None:
-    axis.text(0.5, 0.5, text, ha="center", va="center", transform=axis.transAxes, color="0.4")
-    axis.set_xticks([])
-    axis.set_yticks([])
-
-
-def _show_couplings(figure, axis, matrix: numpy.ndarray, bins: int, khz_per_bin: float, title: str,
-                    *, percentile: float = CLIP_PERCENTILE) -> None:
-    """One (output × input) couplings matrix over its lowest ``bins`` bins,
-    frequencies in kHz, diverging colours symmetric about 0 and clipped at
-    the ``percentile``-th percentile of |values|."""
-    block, factor = block_mean(matrix[:bins, :bins])
-    limit = colour_limit(block, percentile)
-    # pixel p covers bins [p·b, (p+1)·b), bin k is centred on k·Δ
-    edge = (block.shape[0] * factor - 0.5) * khz_per_bin
-    image = axis.imshow(block, origin="lower", cmap="RdBu_r", vmin=-limit, vmax=limit,
-                        interpolation="antialiased",
-                        extent=(-0.5 * khz_per_bin, edge, -0.5 * khz_per_bin, edge))
-    top = (bins - 0.5) * khz_per_bin
-    axis.set_xlim(-0.5 * khz_per_bin, top)
-    axis.set_ylim(-0.5 * khz_per_bin, top)
-    axis.set_xlabel("input frequency (kHz)")
-    axis.set_ylabel("output frequency (kHz)")
-    axis.set_title(title + (f"\n(means of {factor}×{factor} bins)" if factor > 1 else ""), fontsize="medium")
-    figure.colorbar(image, ax=axis, shrink=0.85)
-
-
-def decibels(spectrum: numpy.ndarray,
-             dynamic_range_db: float = DYNAMIC_RANGE_DB) -> tuple[numpy.ndarray, float]:
-    """``20 log10`` of a non-negative (F, T) host spectrum, floored
-    ``dynamic_range_db`` below its largest finite value (zeros, e.g. from a
-    ReLU, sit at the floor).
-
-    Returns:
-        ``(levels, top)``: levels in dB (the input's float dtype) and the
-        largest level; an all-zero spectrum gives 0 dB everywhere.
-    """
-    finite = spectrum[numpy.isfinite(spectrum)]
-    peak = float(finite.max()) if finite.size else 0.0
-    if peak <= 0.0:
-        return numpy.zeros_like(spectrum), 0.0
-    floor = peak * 10.0 ** (-dynamic_range_db / 20.0)
-    top = 20.0 * math.log10(peak)
-    return 20.0 * numpy.log10(numpy.clip(spectrum, floor, peak)), top
-
-
-def _show_spectrum(figure, axis, spectrum: numpy.ndarray, bins: int, khz_per_bin: float, title: str) -> None:
-    """The lowest ``bins`` bins of an (F, T) spectrum in dB, frames along x
-    (magnitudes span a wide range; dB is how spectrograms are read)."""
-    levels, top = decibels(spectrum[:bins])
-    image = axis.imshow(levels, origin="lower", aspect="auto", cmap="magma", interpolation="antialiased",
-                        vmin=top - DYNAMIC_RANGE_DB, vmax=top,
-                        extent=(-0.5, levels.shape[1] - 0.5, -0.5 * khz_per_bin, (bins - 0.5) * khz_per_bin))
-    axis.set_xlabel("frame")
-    axis.set_ylabel("frequency (kHz)")
-    axis.set_title(title, fontsize="medium")
-    figure.colorbar(image, ax=axis, shrink=0.85, label="dB")
-
-
-def plot_linear_compositions(path: Path, linear_compositions: dict, kinds, *, sample_rate, n_fft,
-                             dpi=DPI) -> None:
-    """Figure 2: the run-averaged linear composition of each model (F × F)."""
-    khz_per_bin = sample_rate / n_fft / 1000.0
-    figure = _figure(3.9 * len(kinds), 3.7)
-    axes = figure.subplots(1, len(kinds), squeeze=False)[0]
-    for axis, kind in zip(axes, kinds):
-        if kind not in linear_compositions:
-            axis.set_title(display_name(kind))
-            _not_available(axis, "not available")
-            continue
-        matrix = host_matrix(linear_compositions[kind], f"linear composition of {kind}")
-        title = f"{display_name(kind)}: TOD-R {_plain(metrics.tod_r(matrix), 2)}"
-        _show_couplings(figure, axis, matrix, matrix.shape[0], khz_per_bin, title)
-    figure.suptitle("Figure 2: linear compositions (Eqs. 11–13), mean over training runs")
-    _save_png(figure, path, dpi)
+def _check_linear_compositions(linear_compositions: dict, kinds) -> dict:
+    """``{kind: (F, F) host array}`` of the kinds given, F >= 2 checked."""
+    checked = {}
+    for kind in kinds:
+        if kind in linear_compositions:
+            matrix = host_matrix(linear_compositions[kind], f"linear composition of {kind}")
+            if matrix.shape[0] != matrix.shape[1] or matrix.shape[0] < 2:
+                raise ReportError(f"linear composition of {kind} must be square (F, F) with F >= 2, "
+                                  f"got shape {matrix.shape}")
+            checked[kind] = matrix
+    return checked
 
 
 def _check_figure_entry(kind: str, entry: dict, strategies) -> dict:
-    """The host arrays of one model's Figure 3 entry, shapes checked."""
+    """The host arrays Figure 3 draws of one model: ``target`` (F, T) and
+    ``C_<strategy>`` (F, F) for the strategies given, where present."""
     arrays = {}
     # the mixture and the true vocals travel with the entry but are not drawn
     if "target" in entry:
@@ -753,178 +615,41 @@ def _check_figure_entry(kind: str, entry: dict, strategies) -> dict:
     return arrays
 
 
-def plot_couplings(path: Path, figure_segment: dict, kinds, strategies, *, sample_rate, n_fft,
-                   dpi=DPI) -> None:
-    """Figure 3: per model, each strategy's couplings (full and low-bin zoom)
-    in one row per strategy, and a last row with the target V."""
-    khz_per_bin = sample_rate / n_fft / 1000.0
-    figure = _figure(3.3 * 2 * len(kinds), 3.0 * (len(strategies) + 1))
-    grid = figure.subplots(len(strategies) + 1, 2 * len(kinds), squeeze=False)
-    for column, kind in enumerate(kinds):
-        entry = _check_figure_entry(kind, (figure_segment or {}).get(kind, {}), strategies)
-        name = display_name(kind)
-        for row, strategy in enumerate(strategies):
-            full, zoom = grid[row, 2 * column], grid[row, 2 * column + 1]
-            matrix = entry.get(f"C_{strategy}")
-            if matrix is None:
-                for axis, title in ((full, f"{name} · {strategy}"), (zoom, f"{name} · zoom")):
-                    axis.set_title(title, fontsize="medium")
-                    _not_available(axis, "not run")
-                continue
-            bins = zoom_bins(matrix.shape[0], sample_rate, n_fft)
-            _show_couplings(figure, full, matrix, matrix.shape[0], khz_per_bin, f"{name} · {strategy}")
-            _show_couplings(figure, zoom, matrix, bins, khz_per_bin,
-                            f"{name} · zoom ≤ {(bins - 1) * khz_per_bin:.2g} kHz",
-                            percentile=ZOOM_CLIP_PERCENTILE)
-        target = entry.get("target")
-        full, zoom = grid[-1, 2 * column], grid[-1, 2 * column + 1]
-        label = f"{name}: V ({'mask' if kind == 'sf' else 'decoder output'})"
-        if target is None:
-            for axis in (full, zoom):
-                axis.set_title(label, fontsize="medium")
-                _not_available(axis, "not available")
-            continue
-        bins = zoom_bins(target.shape[0], sample_rate, n_fft)
-        _show_spectrum(figure, full, target, target.shape[0], khz_per_bin, label)
-        _show_spectrum(figure, zoom, target, bins, khz_per_bin,
-                       f"{name}: V · zoom ≤ {(bins - 1) * khz_per_bin:.2g} kHz")
-    track = (figure_segment or {}).get("track", "?")
-    index = (figure_segment or {}).get("segment_index", "?")
-    figure.suptitle(f"Figure 3: couplings matrices, track {track}, segment {index}")
-    _save_png(figure, path, dpi)
+def _check_figure_segment(figure_segment, kinds, strategies) -> dict:
+    """Figure 3's segment as :func:`nca_np.figures.plot_couplings` draws it:
+    ``{kind: _check_figure_entry(…)}`` for every kind, with the ``track``
+    and ``segment_index`` given."""
+    figure_segment = figure_segment or {}
+    checked = {key: figure_segment[key] for key in ("track", "segment_index") if key in figure_segment}
+    for kind in kinds:
+        checked[kind] = _check_figure_entry(kind, figure_segment.get(kind, {}), strategies)
+    return checked
 
 
-def _positive(values) -> numpy.ndarray:
-    """Float64 host copy with non-finite and non-positive values as NaN
-    (they cannot be drawn on a log axis)."""
-    array = numpy.array([math.nan if v is None else float(v) for v in values], dtype=numpy.float64)
-    array[~(numpy.isfinite(array) & (array > 0.0))] = math.nan
-    return array
-
-
-def _mean_by_epoch(runs) -> tuple[list[int], list[float]]:
-    """Per epoch, the mean loss over the runs with a drawable loss there."""
-    by_epoch: dict[int, list[float]] = {}
-    for run in runs:
-        for position, record in enumerate(run):
-            loss = _positive([record.get("loss")])[0]
-            if not math.isnan(loss):
-                by_epoch.setdefault(int(record.get("epoch", position + 1)), []).append(float(loss))
-    epochs = sorted(by_epoch)
-    return epochs, [float(numpy.mean(by_epoch[e])) for e in epochs]
-
-
-def plot_training_loss(path: Path, histories: dict, kinds, *, dpi=DPI) -> None:
-    """Training loss (Eq. 3) per epoch: every run thin, the mean thick."""
-    from matplotlib.ticker import MaxNLocator
-
-    figure = _figure(3.9 * len(kinds), 3.2)
-    axes = figure.subplots(1, len(kinds), squeeze=False)[0]
-    for axis, kind in zip(axes, kinds):
-        axis.set_title(display_name(kind))
-        runs = histories.get(kind, [])
-        epochs, means = _mean_by_epoch(runs)
-        if not epochs:
-            _not_available(axis, "no training history")
-            continue
-        for run in runs:
-            x = [int(r.get("epoch", i + 1)) for i, r in enumerate(run)]
-            axis.plot(x, _positive(r.get("loss") for r in run), color="0.55", linewidth=0.7, alpha=0.8)
-        axis.plot(epochs, means, color="C3", linewidth=2.0,
-                  label=f"mean over the {len(runs)} runs\n(of those still training)")
-        axis.set_yscale("log")
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.set_xlabel("epoch")
-        axis.set_ylabel("training loss (MSE, Eq. 3)")
-        axis.legend(fontsize="small")
-    figure.suptitle("Training loss per epoch")
-    _save_png(figure, path, dpi)
-
-
-def loss_quartiles(curves) -> numpy.ndarray:
-    """Per iteration, the 25th, 50th and 75th percentiles over segments.
-
-    Args:
-        curves: one sequence of losses per segment (lengths may differ).
-
-    Returns:
-        (3, max length) float64 host array; NaN where no segment has a
-        drawable (finite, positive) loss at that iteration.
-    """
-    length = max((len(c) for c in curves), default=0)
-    stack = numpy.full((len(curves), length), math.nan)
-    for row, curve in enumerate(curves):
-        stack[row, :len(curve)] = _positive(curve)
-    quartiles = numpy.full((3, length), math.nan)
-    drawable = ~numpy.isnan(stack).all(axis=0) if len(curves) else numpy.zeros(0, dtype=bool)
-    if drawable.any():
-        quartiles[:, drawable] = numpy.nanpercentile(stack[:, drawable], [25.0, 50.0, 75.0], axis=0)
-    return quartiles
-
-
-def plot_nca_convergence(path: Path, units, kinds, strategies, *, dpi=DPI) -> None:
-    """NCA loss E (Eq. 15) per iteration: median and inter-quartile band
-    over segments, per model and strategy."""
-    figure = _figure(3.9 * len(kinds), 3.2)
-    axes = figure.subplots(1, len(kinds), squeeze=False)[0]
-    for axis, kind in zip(axes, kinds):
-        axis.set_title(display_name(kind))
-        drawn = False
-        for colour, strategy in enumerate(strategies):
-            curves = [u["strategies"][strategy].get("losses") or [] for u in units
-                      if u["kind"] == kind and strategy in u.get("strategies", {})]
-            quartiles = loss_quartiles(curves)
-            if numpy.isnan(quartiles).all():
-                continue
-            iterations = numpy.arange(quartiles.shape[1])
-            axis.fill_between(iterations, quartiles[0], quartiles[2], color=f"C{colour}", alpha=0.25,
-                              linewidth=0)
-            axis.plot(iterations, quartiles[1], color=f"C{colour}", linewidth=1.5,
-                      label=f"{strategy} (median of {len(curves)})")
-            drawn = True
-        if not drawn:
-            _not_available(axis, "not run")
-            continue
-        axis.set_yscale("log")
-        axis.set_xlabel("iteration")
-        axis.set_ylabel("E = Σ|V − C X| (Eq. 15)")
-        axis.legend(fontsize="small")
-    figure.suptitle("NCA convergence (median and inter-quartile band over segments)")
-    _save_png(figure, path, dpi)
-
-
-# ---------------------------------------------------------------- report
-
-
-def _check_spectral_settings(sample_rate, n_fft) -> None:
-    if not (isinstance(sample_rate, numbers.Real) and sample_rate > 0):
-        raise ReportError(f"sample_rate must be a positive number of Hz, got {sample_rate!r}")
-    if not (isinstance(n_fft, numbers.Integral) and n_fft > 0):
-        raise ReportError(f"n_fft must be a positive integer, got {n_fft!r}")
+def _check_metadata(metadata) -> dict:
+    """A copy of ``metadata`` (``None`` → empty), checked to be JSON-able."""
+    metadata = dict(metadata or {})
+    try:
+        json.dumps(metadata)
+    except (TypeError, ValueError) as exc:
+        raise ReportError(f"metadata cannot be written as JSON: {exc}") from None
+    return metadata
 
 
 def _frequency_bins(linear_compositions: dict, figure_segment: dict, kinds) -> int | None:
-    """F, read from the first matrix given (None when there is none)."""
+    """F, read from the first matrix drawn (None when there is none).
+
+    Args:
+        linear_compositions, figure_segment: as the checks above return them.
+    """
     for kind in kinds:
         if kind in linear_compositions:
-            return int(host_matrix(linear_compositions[kind], f"linear composition of {kind}").shape[0])
-        entry = (figure_segment or {}).get(kind, {})
+            return linear_compositions[kind].shape[0]
+        entry = figure_segment[kind]
         for key in ("C_student", "C_compositional", "target"):
             if key in entry:
-                return int(host_matrix(entry[key], f"figure_segment[{kind!r}][{key!r}]").shape[0])
+                return entry[key].shape[0]
     return None
-
-
-def _check_linear_compositions(linear_compositions: dict, kinds) -> dict:
-    checked = {}
-    for kind in kinds:
-        if kind in linear_compositions:
-            matrix = host_matrix(linear_compositions[kind], f"linear composition of {kind}")
-            if matrix.shape[0] != matrix.shape[1] or matrix.shape[0] < 2:
-                raise ReportError(f"linear composition of {kind} must be square (F, F) with F >= 2, "
-                                  f"got shape {matrix.shape}")
-            checked[kind] = matrix
-    return checked
 
 
 def write_report(out_dir, *, units, kinds, strategies, histories, linear_compositions,
@@ -957,45 +682,29 @@ def write_report(out_dir, *, units, kinds, strategies, histories, linear_composi
     Raises:
         ReportError: inputs :func:`summarise` rejects, non-square or
             inconsistent matrices, bad spectral settings, metadata that is
-            not JSON-serialisable.
+            not JSON-serialisable; all are checked before the first file is
+            written.
     """
     _check_spectral_settings(sample_rate, n_fft)
     units, kinds, strategies = list(units), list(kinds), list(strategies)
     tables = summarise(units, kinds=kinds, strategies=strategies)
     linear = _check_linear_compositions(linear_compositions or {}, kinds)
+    segment = _check_figure_segment(figure_segment, kinds, strategies)
     histories = histories or {}
-    metadata = dict(metadata or {})
-    try:
-        json.dumps(metadata)
-    except (TypeError, ValueError) as exc:
-        raise ReportError(f"metadata cannot be written as JSON: {exc}") from None
+    metadata = _check_metadata(metadata)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-
-    def text_file(name: str, text: str) -> None:
-        write_text(out_dir / name, text)
-        written.append(out_dir / name)
-
     for table, name in CSV_FILES.items():
-        text_file(name, table_csv(tables[table]))
+        write_text(out_dir / name, table_csv(tables[table]))
     write_json(out_dir / "tables.json", tables)
     write_json(out_dir / "metadata.json", metadata)
-    written += [out_dir / "tables.json", out_dir / "metadata.json"]
-
-    figures = out_dir / FIGURE_FILES["figure2"], out_dir / FIGURE_FILES["figure3"]
-    plot_linear_compositions(figures[0], linear, kinds, sample_rate=sample_rate, n_fft=n_fft, dpi=dpi)
-    plot_couplings(figures[1], figure_segment, kinds, strategies, sample_rate=sample_rate, n_fft=n_fft,
-                   dpi=dpi)
-    plot_training_loss(out_dir / FIGURE_FILES["training"], histories, kinds, dpi=dpi)
-    plot_nca_convergence(out_dir / FIGURE_FILES["convergence"], units, kinds, strategies, dpi=dpi)
-    written += [out_dir / FIGURE_FILES[key] for key in ("figure2", "figure3", "training", "convergence")]
-
-    n_freq = _frequency_bins(linear, figure_segment, kinds)
+    written = [out_dir / name for name in [*CSV_FILES.values(), "tables.json", "metadata.json"]]
+    written += write_figures(out_dir, units=units, models={kind: display_name(kind) for kind in kinds},
+                             strategies=strategies, histories=histories, linear_compositions=linear,
+                             figure_segment=segment, sample_rate=sample_rate, n_fft=n_fft, dpi=dpi)
     text = render_report(tables, units=units, kinds=kinds, strategies=strategies, histories=histories,
-                         linear_compositions=linear,
-                         figure_segment=figure_segment, sample_rate=sample_rate, n_fft=n_fft,
-                         metadata=metadata, n_freq=n_freq)
-    text_file("report.md", text)
-    return written
+                         linear_compositions=linear, figure_segment=segment, sample_rate=sample_rate,
+                         n_fft=n_fft, metadata=metadata, n_freq=_frequency_bins(linear, segment, kinds))
+    write_text(out_dir / "report.md", text)
+    return written + [out_dir / "report.md"]

@@ -18,6 +18,7 @@ import json
 import math
 import platform
 import time
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -90,9 +91,10 @@ def read_state(path) -> tuple[dict, dict]:
     try:
         with numpy.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: not a readable nca_np model or checkpoint ({exc})") from exc
-    meta = json.loads(str(arrays.pop("meta")))
+        meta = json.loads(str(arrays.pop("meta")))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise UserError(f"{path}: not a readable nca_np model or checkpoint ({type(exc).__name__}: {exc}); "
+                        "delete it to start that run again") from exc
     return arrays, meta
 
 
@@ -130,6 +132,12 @@ def _check_finite(value: float, epoch: int, step: int, checkpoint: Path) -> None
             else "no epoch had finished, so there is no checkpoint")
     raise TrainingDiverged(f"training stopped: the loss became {value} in epoch {epoch + 1} "
                            f"at step {step}; {kept}; try a lower train.learning_rate")
+
+
+def frame_storage(source) -> str:
+    """The precision the training frames are kept in ("float32" unless the
+    source stores them more coarsely, as device-resident float16 frames)."""
+    return str(getattr(source, "storage_dtype", "float32"))
 
 
 def train(kind: str, source, run_dir, *, settings: TrainSettings, seed: int,
@@ -171,8 +179,15 @@ def train(kind: str, source, run_dir, *, settings: TrainSettings, seed: int,
     schedule = PlateauSchedule(settings.patience_halve, settings.patience_stop, settings.max_epochs)
     rng = backend.rng(seed, SHUFFLE_STREAM)
     history: list[dict] = []
+    storage = frame_storage(source)
     if checkpoint.exists():
         meta = _restore(checkpoint, model, optimizer)
+        if meta["frame_storage"] != storage:
+            raise UserError(f"{checkpoint} was trained on {meta['frame_storage']} frames, this machine would "
+                            f"feed {storage} ones: resume where it started, or set data.device_storage to match")
+        if meta["status"] == "finished":  # stopped between the last checkpoint and model.npz
+            save_state(final_path, model, meta, scaler_state=scaler_state)
+            return meta
         schedule = PlateauSchedule.from_state(meta["schedule"])
         rng.bit_generator.state = meta["rng_state"]
         history = meta["history"]
@@ -211,7 +226,7 @@ def train(kind: str, source, run_dir, *, settings: TrainSettings, seed: int,
         meta = {"kind": kind, "seed": seed, "n_freq": source.n_freq, "status": status,
                 "history": history, "schedule": schedule.state_dict(),
                 "adam": {k: v for k, v in optimizer.state_dict().items() if k not in ("m", "v")},
-                "rng_state": rng.bit_generator.state, "settings": asdict(settings),
+                "rng_state": rng.bit_generator.state, "settings": asdict(settings), "frame_storage": storage,
                 "config": config, "versions": versions()}
         save_state(checkpoint, model, meta, optimizer=optimizer, scaler_state=scaler_state)
         if log:

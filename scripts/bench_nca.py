@@ -218,7 +218,11 @@ def parse_arguments(argv=None):
 
 def main(argv=None) -> int:
     args = parse_arguments(argv)
-    backend.use(args.device)
+    try:
+        backend.use(args.device)
+    except backend.BackendError as exc:
+        print(f"bench_nca.py: error: {exc}", file=sys.stderr)
+        return 2
     if args.one_case:
         print(json.dumps(run_case(args.one_case, args.freq, args.frames, args.repeats)))
         return 0

@@ -95,6 +95,8 @@ def peak_step_memory(step, module) -> int:
         tracemalloc.stop()
         return peak
     pool = module.get_default_memory_pool()
+    backend.synchronize(module)
+    pool.free_all_blocks()  # else the blocks of earlier steps hide the peak
     before = pool.total_bytes()
     step()
     backend.synchronize(module)
@@ -115,7 +117,7 @@ def main(argv=None) -> int:
     try:
         module = backend.use(args.device)
     except backend.BackendError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"bench_train.py: error: {exc}", file=sys.stderr)
         return 2
 
     bandwidth = copy_bandwidth(module)

@@ -84,17 +84,20 @@ def test_finished_run_is_not_trained_again(tmp_path):
 
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
     X, Y = _data()
-    source = ArrayFrames(X, Y)
-    good = train("dae", source, tmp_path, settings=TrainSettings(batch_size=32, max_epochs=2),
-                 seed=0, progress=False)
-    (tmp_path / FINAL_MODEL).unlink()  # pretend it may go on for longer
+    settings = TrainSettings(batch_size=32, max_epochs=5)
+
+    def stop_after_epoch_2(record):
+        if record["epoch"] == 2:
+            raise Interrupt
+    with pytest.raises(Interrupt):
+        train("dae", ArrayFrames(X, Y), tmp_path, settings=settings, seed=0, progress=False,
+              on_epoch_end=stop_after_epoch_2)
     before = (tmp_path / CHECKPOINT).read_bytes()
     X[5, 3] = numpy.nan
     with pytest.raises(TrainingDiverged, match=r"loss became nan in epoch 3.*last good checkpoint"):
-        train("dae", source, tmp_path, settings=TrainSettings(batch_size=32, max_epochs=5),
-              seed=0, progress=False)
+        train("dae", ArrayFrames(X, Y), tmp_path, settings=settings, seed=0, progress=False)
     assert (tmp_path / CHECKPOINT).read_bytes() == before
-    assert len(good["history"]) == 2
+    assert read_state(tmp_path / CHECKPOINT)[1]["history"][-1]["epoch"] == 2
 
 
 def test_checkpoint_holds_everything_needed(tmp_path):
@@ -106,3 +109,35 @@ def test_checkpoint_holds_everything_needed(tmp_path):
     for key in ("schedule", "adam", "rng_state", "config", "seed", "versions", "history", "settings"):
         assert key in meta
     assert meta["config"] == config and meta["seed"] == 2 and meta["adam"]["t"] == 6 * 19
+
+
+def test_stop_between_last_checkpoint_and_final_model_trains_no_extra_epoch(tmp_path):
+    meta = train("dae", _problem(), tmp_path, settings=SETTINGS, seed=1, progress=False)
+    expected = _params(tmp_path)
+    (tmp_path / FINAL_MODEL).unlink()  # as if stopped right after the last checkpoint
+    again = train("dae", _problem(), tmp_path, settings=SETTINGS, seed=1, progress=False)
+    assert len(again["history"]) == len(meta["history"])
+    for p, q in zip(expected, _params(tmp_path)):
+        numpy.testing.assert_array_equal(p, q)
+
+
+def test_resume_refuses_frames_of_another_precision(tmp_path):
+    from nca_np.errors import UserError
+    from nca_np.frames import DeviceFrames
+
+    X, Y = _data()
+
+    def stop(record):
+        raise Interrupt
+    with pytest.raises(Interrupt):
+        train("dae", ArrayFrames(X, Y), tmp_path, settings=SETTINGS, seed=1, progress=False, on_epoch_end=stop)
+    coarse = DeviceFrames(X, Y, module=numpy, storage_dtype="float16")
+    with pytest.raises(UserError, match="trained on float32 frames.*float16"):
+        train("dae", coarse, tmp_path, settings=SETTINGS, seed=1, progress=False)
+
+
+def test_damaged_checkpoint_is_one_clear_error(tmp_path):
+    from nca_np.errors import UserError
+    (tmp_path / CHECKPOINT).write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(UserError, match="not a readable nca_np model or checkpoint.*delete it"):
+        train("dae", _problem(), tmp_path, settings=SETTINGS, seed=1, progress=False)

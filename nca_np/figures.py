@@ -1,0 +1,420 @@
+"""The report's figures: Figures 2–3, training loss, NCA convergence (MATH.md §5–§6).
+
+:func:`write_figures` draws the four PNGs of the report folder:
+
+- ``figure2_linear_compositions.png``: the linear composition of each model;
+- ``figure3_couplings.png``: the couplings of one segment, full and zoomed
+  on the lowest bins, with the target V;
+- ``training_loss.png``: the training loss per epoch of every run;
+- ``nca_convergence.png``: the NCA loss per iteration over segments.
+
+The report (:mod:`nca_np.report`) validates the inputs first, so every
+matrix here is a host NumPy array of a checked shape. Figures render with
+Agg through :class:`matplotlib.figure.Figure`, without pyplot or any global
+backend switch, so a caller's interactive backend is left alone.
+
+Matrices follow the paper: rows are output frequencies, columns input
+frequencies (``C x`` maps an input frame to an output frame); bin ``k`` lies
+at ``k · sample_rate / n_fft`` Hz.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from . import metrics
+from .atomic import atomic_open
+
+FIGURE_FILES = {
+    "figure2": "figure2_linear_compositions.png",
+    "figure3": "figure3_couplings.png",
+    "training": "training_loss.png",
+    "convergence": "nca_convergence.png",
+}
+DPI = 120
+
+#: Figure 3 zooms on the bins up to this frequency (at least MIN_ZOOM_BINS).
+ZOOM_HZ = 1500.0
+MIN_ZOOM_BINS = 8
+#: Colour scales of whole matrices end at this percentile of |values|: a
+#: dominant diagonal (1/F of the entries) then keeps its full colour and
+#: visibly dominates, while a lone outlier cannot wash out the picture.
+CLIP_PERCENTILE = 99.9
+#: The zooms on the lowest bins end lower, so that the diagonal saturates
+#: and the weaker off-diagonal structure near it becomes visible.
+ZOOM_CLIP_PERCENTILE = 99.0
+#: Spectra in Figure 3 are shown over this many dB below their peak.
+DYNAMIC_RANGE_DB = 60.0
+#: Matrices larger than this are shown as means over square blocks of bins
+#: (about the panels' size in pixels), so the picture is a faithful average
+#: rather than a resampling artefact that drops rows.
+MAX_DISPLAY_BINS = 320
+
+
+# ---------------------------------------------------------------- arrays
+
+
+def block_mean(matrix: numpy.ndarray, max_bins: int = MAX_DISPLAY_BINS) -> tuple[numpy.ndarray, int]:
+    """Means over square ``b × b`` blocks, with ``b`` the smallest factor
+    that brings both sides to at most ``max_bins``.
+
+    Args:
+        matrix: (R, K) host array (float32 stays float32).
+
+    Returns:
+        ``(blocks, b)``: ``blocks`` of shape (ceil(R/b), ceil(K/b)), each the
+        mean of the entries it covers (edge blocks cover fewer); ``b = 1``
+        returns ``matrix`` itself.
+    """
+    factor = max(1, math.ceil(max(matrix.shape) / max_bins))
+    if factor == 1:
+        return matrix, 1
+    rows, cols = (math.ceil(n / factor) for n in matrix.shape)
+    padded = numpy.zeros((rows * factor, cols * factor), dtype=matrix.dtype)
+    padded[:matrix.shape[0], :matrix.shape[1]] = matrix
+    counts = numpy.zeros(padded.shape, dtype=matrix.dtype)
+    counts[:matrix.shape[0], :matrix.shape[1]] = 1
+    sums = padded.reshape(rows, factor, cols, factor).sum(axis=(1, 3))
+    return sums / counts.reshape(rows, factor, cols, factor).sum(axis=(1, 3)), factor
+
+
+def colour_limit(values: numpy.ndarray, percentile: float = CLIP_PERCENTILE) -> float:
+    """The ``percentile``-th percentile of the finite |values| (1.0 if 0).
+
+    Args:
+        values: host array of any shape.
+    """
+    magnitudes = numpy.abs(values[numpy.isfinite(values)])
+    if magnitudes.size == 0:
+        return 1.0
+    limit = float(numpy.percentile(magnitudes, percentile))
+    return limit if limit > 0.0 else (float(magnitudes.max()) or 1.0)
+
+
+def zoom_bins(n_freq: int, sample_rate: float, n_fft: int) -> int:
+    """How many of the lowest bins Figure 3 zooms on: those up to
+    :data:`ZOOM_HZ`, at least :data:`MIN_ZOOM_BINS`, at most ``n_freq``."""
+    up_to_zoom = int(math.floor(ZOOM_HZ * n_fft / sample_rate)) + 1
+    return min(n_freq, max(MIN_ZOOM_BINS, up_to_zoom))
+
+
+def decibels(spectrum: numpy.ndarray,
+             dynamic_range_db: float = DYNAMIC_RANGE_DB) -> tuple[numpy.ndarray, float]:
+    """``20 log10`` of a non-negative (F, T) host spectrum, floored
+    ``dynamic_range_db`` below its largest finite value (zeros, e.g. from a
+    ReLU, sit at the floor).
+
+    Returns:
+        ``(levels, top)``: (F, T) levels in dB (the input's float dtype) and
+        the largest level; an all-zero spectrum gives 0 dB everywhere.
+    """
+    finite = spectrum[numpy.isfinite(spectrum)]
+    peak = float(finite.max()) if finite.size else 0.0
+    if peak <= 0.0:
+        return numpy.zeros_like(spectrum), 0.0
+    floor = peak * 10.0 ** (-dynamic_range_db / 20.0)
+    top = 20.0 * math.log10(peak)
+    return 20.0 * numpy.log10(numpy.clip(spectrum, floor, peak)), top
+
+
+def _positive(values) -> numpy.ndarray:
+    """(N,) float64 host copy of N numbers (``None`` allowed), non-finite and
+    non-positive values as NaN (they cannot be drawn on a log axis)."""
+    array = numpy.array([math.nan if v is None else float(v) for v in values], dtype=numpy.float64)
+    array[~(numpy.isfinite(array) & (array > 0.0))] = math.nan
+    return array
+
+
+def loss_quartiles(curves) -> numpy.ndarray:
+    """Per iteration, the 25th, 50th and 75th percentiles over segments.
+
+    Args:
+        curves: one sequence of losses per segment (lengths may differ).
+
+    Returns:
+        (3, max length) float64 host array; NaN where no segment has a
+        drawable (finite, positive) loss at that iteration.
+    """
+    length = max((len(c) for c in curves), default=0)
+    stack = numpy.full((len(curves), length), math.nan)
+    for row, curve in enumerate(curves):
+        stack[row, :len(curve)] = _positive(curve)
+    quartiles = numpy.full((3, length), math.nan)
+    drawable = ~numpy.isnan(stack).all(axis=0)
+    if drawable.any():
+        quartiles[:, drawable] = numpy.nanpercentile(stack[:, drawable], [25.0, 50.0, 75.0], axis=0)
+    return quartiles
+
+
+def _run_curve(run) -> tuple[list[int], numpy.ndarray]:
+    """(epochs, losses) of one training run's per-epoch records: E epoch
+    numbers and an (E,) array with undrawable losses as NaN."""
+    epochs = [int(record.get("epoch", position + 1)) for position, record in enumerate(run)]
+    return epochs, _positive(record.get("loss") for record in run)
+
+
+def _mean_by_epoch(curves) -> tuple[list[int], list[float]]:
+    """Per epoch, the mean loss over the :func:`_run_curve` curves with a
+    drawable loss there (runs stop at different epochs)."""
+    by_epoch: dict[int, list[float]] = {}
+    for epochs, losses in curves:
+        for epoch, loss in zip(epochs, losses):
+            if not math.isnan(loss):
+                by_epoch.setdefault(epoch, []).append(float(loss))
+    epochs = sorted(by_epoch)
+    return epochs, [float(numpy.mean(by_epoch[e])) for e in epochs]
+
+
+# ----------------------------------------------------------------- panels
+
+
+def _figure(width: float, height: float) -> Figure:
+    """A figure of ``width × height`` inches with a constrained layout; not
+    pyplot's, so no global backend is switched."""
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _panel_row(n_panels: int, height: float):
+    """A figure with one row of ``n_panels`` axes, 3.9 inches wide each."""
+    figure = _figure(3.9 * n_panels, height)
+    return figure, figure.subplots(1, n_panels, squeeze=False)[0]
+
+
+def _save_png(figure: Figure, path: Path, dpi: int) -> None:
+    # No "Software" entry: the PNG then depends on the pixels only.
+    with atomic_open(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=dpi, metadata={"Software": None})
+
+
+def _not_available(axis, text: str) -> None:
+    """An empty panel that says why (``text``)."""
+    axis.text(0.5, 0.5, text, ha="center", va="center", transform=axis.transAxes, color="0.4")
+    axis.set_xticks([])
+    axis.set_yticks([])
+
+
+def _zoom_label(bins: int, khz_per_bin: float) -> str:
+    """'zoom ≤ 1.5 kHz': where a zoom on the lowest ``bins`` bins ends."""
+    return f"zoom ≤ {(bins - 1) * khz_per_bin:.2g} kHz"
+
+
+def _show_couplings(figure, axis, matrix: numpy.ndarray, bins: int, khz_per_bin: float, title: str,
+                    *, percentile: float = CLIP_PERCENTILE) -> None:
+    """One (F, F) (output × input) couplings matrix over its lowest ``bins``
+    bins, frequencies in kHz, diverging colours symmetric about 0 and
+    clipped at the ``percentile``-th percentile of |values|."""
+    block, factor = block_mean(matrix[:bins, :bins])
+    limit = colour_limit(block, percentile)
+    # pixel p covers bins [p·b, (p+1)·b), bin k is centred on k·Δ
+    edge = (block.shape[0] * factor - 0.5) * khz_per_bin
+    image = axis.imshow(block, origin="lower", cmap="RdBu_r", vmin=-limit, vmax=limit,
+                        interpolation="antialiased",
+                        extent=(-0.5 * khz_per_bin, edge, -0.5 * khz_per_bin, edge))
+    top = (bins - 0.5) * khz_per_bin
+    axis.set_xlim(-0.5 * khz_per_bin, top)
+    axis.set_ylim(-0.5 * khz_per_bin, top)
+    axis.set_xlabel("input frequency (kHz)")
+    axis.set_ylabel("output frequency (kHz)")
+    axis.set_title(title + (f"\n(means of {factor}×{factor} bins)" if factor > 1 else ""), fontsize="medium")
+    figure.colorbar(image, ax=axis, shrink=0.85)
+
+
+def _show_spectrum(figure, axis, spectrum: numpy.ndarray, bins: int, khz_per_bin: float, title: str) -> None:
+    """The lowest ``bins`` bins of an (F, T) spectrum in dB, frames along x
+    (magnitudes span a wide range; dB is how spectrograms are read)."""
+    levels, top = decibels(spectrum[:bins])
+    image = axis.imshow(levels, origin="lower", aspect="auto", cmap="magma", interpolation="antialiased",
+                        vmin=top - DYNAMIC_RANGE_DB, vmax=top,
+                        extent=(-0.5, levels.shape[1] - 0.5, -0.5 * khz_per_bin, (bins - 0.5) * khz_per_bin))
+    axis.set_xlabel("frame")
+    axis.set_ylabel("frequency (kHz)")
+    axis.set_title(title, fontsize="medium")
+    figure.colorbar(image, ax=axis, shrink=0.85, label="dB")
+
+
+def _show_missing(axes, titles, text: str) -> None:
+    """A pair of Figure 3 panels for a matrix that is not there."""
+    for axis, title in zip(axes, titles):
+        axis.set_title(title, fontsize="medium")
+        _not_available(axis, text)
+
+
+def _couplings_pair(figure, axes, matrix, name: str, strategy: str, sample_rate, n_fft) -> None:
+    """Two Figure 3 panels: an (F, F) couplings matrix in full and zoomed on
+    its lowest bins, or "not run" when ``matrix`` is None."""
+    full, zoom = axes
+    if matrix is None:
+        _show_missing(axes, (f"{name} · {strategy}", f"{name} · zoom"), "not run")
+        return
+    khz_per_bin = sample_rate / n_fft / 1000.0
+    bins = zoom_bins(matrix.shape[0], sample_rate, n_fft)
+    _show_couplings(figure, full, matrix, matrix.shape[0], khz_per_bin, f"{name} · {strategy}")
+    _show_couplings(figure, zoom, matrix, bins, khz_per_bin, f"{name} · {_zoom_label(bins, khz_per_bin)}",
+                    percentile=ZOOM_CLIP_PERCENTILE)
+
+
+def _target_pair(figure, axes, target, kind: str, name: str, sample_rate, n_fft) -> None:
+    """Two Figure 3 panels: the (F, T) target V in full and zoomed on its
+    lowest bins, or "not available" when ``target`` is None."""
+    full, zoom = axes
+    label = f"{name}: V ({'mask' if kind == 'sf' else 'decoder output'})"
+    if target is None:
+        _show_missing(axes, (label, label), "not available")
+        return
+    khz_per_bin = sample_rate / n_fft / 1000.0
+    bins = zoom_bins(target.shape[0], sample_rate, n_fft)
+    _show_spectrum(figure, full, target, target.shape[0], khz_per_bin, label)
+    _show_spectrum(figure, zoom, target, bins, khz_per_bin, f"{name}: V · {_zoom_label(bins, khz_per_bin)}")
+
+
+# ---------------------------------------------------------------- figures
+
+
+def plot_linear_compositions(path: Path, linear_compositions: dict, models: dict, *, sample_rate, n_fft,
+                             dpi=DPI) -> None:
+    """Figure 2: the run-averaged linear composition of each model.
+
+    Args:
+        linear_compositions: ``{kind: (F, F) host array}``; a kind left out
+            is drawn as "not available".
+        models: ``{kind: display name}``, one panel each, in this order.
+    """
+    khz_per_bin = sample_rate / n_fft / 1000.0
+    figure, axes = _panel_row(len(models), 3.7)
+    for axis, (kind, name) in zip(axes, models.items()):
+        if kind not in linear_compositions:
+            axis.set_title(name)
+            _not_available(axis, "not available")
+            continue
+        matrix = linear_compositions[kind]
+        title = f"{name}: TOD-R {metrics.tod_r(matrix):.2f}"
+        _show_couplings(figure, axis, matrix, matrix.shape[0], khz_per_bin, title)
+    figure.suptitle("Figure 2: linear compositions (Eqs. 11–13), mean over training runs")
+    _save_png(figure, path, dpi)
+
+
+def plot_couplings(path: Path, figure_segment: dict, models: dict, strategies, *, sample_rate, n_fft,
+                   dpi=DPI) -> None:
+    """Figure 3: per model, each strategy's couplings (full and low-bin zoom)
+    in one row per strategy, and a last row with the target V.
+
+    Args:
+        figure_segment: ``{kind: {"C_<strategy>": (F, F), "target": (F, T)
+            host arrays}, "track": str, "segment_index": int}``; a missing
+            matrix is drawn as "not run", a missing target as "not
+            available".
+        models: ``{kind: display name}``, two columns each, in this order.
+        strategies: the NCA strategies, one row each, in this order.
+    """
+    figure_segment = figure_segment or {}
+    figure = _figure(3.3 * 2 * len(models), 3.0 * (len(strategies) + 1))
+    grid = figure.subplots(len(strategies) + 1, 2 * len(models), squeeze=False)
+    for column, (kind, name) in enumerate(models.items()):
+        entry = figure_segment.get(kind, {})
+        pairs = grid[:, 2 * column:2 * column + 2]  # (strategies + 1, 2) axes
+        for axes, strategy in zip(pairs, strategies):
+            _couplings_pair(figure, axes, entry.get(f"C_{strategy}"), name, strategy, sample_rate, n_fft)
+        _target_pair(figure, pairs[-1], entry.get("target"), kind, name, sample_rate, n_fft)
+    track = figure_segment.get("track", "?")
+    index = figure_segment.get("segment_index", "?")
+    figure.suptitle(f"Figure 3: couplings matrices, track {track}, segment {index}")
+    _save_png(figure, path, dpi)
+
+
+def plot_training_loss(path: Path, histories: dict, models: dict, *, dpi=DPI) -> None:
+    """Training loss (Eq. 3) per epoch: every run thin, the mean thick.
+
+    Args:
+        histories: ``{kind: [run records]}``, a run's records being one dict
+            per epoch with ``epoch`` and ``loss``.
+        models: ``{kind: display name}``, one panel each, in this order.
+    """
+    figure, axes = _panel_row(len(models), 3.2)
+    for axis, (kind, name) in zip(axes, models.items()):
+        axis.set_title(name)
+        runs = histories.get(kind, [])
+        curves = [_run_curve(run) for run in runs]
+        epochs, means = _mean_by_epoch(curves)
+        if not epochs:
+            _not_available(axis, "no training history")
+            continue
+        for run_epochs, losses in curves:
+            axis.plot(run_epochs, losses, color="0.55", linewidth=0.7, alpha=0.8)
+        axis.plot(epochs, means, color="C3", linewidth=2.0,
+                  label=f"mean over the {len(runs)} runs\n(of those still training)")
+        axis.set_yscale("log")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_xlabel("epoch")
+        axis.set_ylabel("training loss (MSE, Eq. 3)")
+        axis.legend(fontsize="small")
+    figure.suptitle("Training loss per epoch")
+    _save_png(figure, path, dpi)
+
+
+def plot_nca_convergence(path: Path, units, models: dict, strategies, *, dpi=DPI) -> None:
+    """NCA loss E (Eq. 15) per iteration: median and inter-quartile band
+    over segments, per model and strategy.
+
+    Args:
+        units: the couplings results (see :func:`nca_np.report.summarise`);
+            each strategy's ``losses`` is its curve.
+        models: ``{kind: display name}``, one panel each, in this order.
+        strategies: the NCA strategies, one colour each.
+    """
+    figure, axes = _panel_row(len(models), 3.2)
+    for axis, (kind, name) in zip(axes, models.items()):
+        axis.set_title(name)
+        drawn = False
+        for colour, strategy in enumerate(strategies):
+            curves = [u["strategies"][strategy].get("losses") or [] for u in units
+                      if u["kind"] == kind and strategy in u.get("strategies", {})]
+            quartiles = loss_quartiles(curves)
+            if numpy.isnan(quartiles).all():
+                continue
+            iterations = numpy.arange(quartiles.shape[1])
+            axis.fill_between(iterations, quartiles[0], quartiles[2], color=f"C{colour}", alpha=0.25,
+                              linewidth=0)
+            axis.plot(iterations, quartiles[1], color=f"C{colour}", linewidth=1.5,
+                      label=f"{strategy} (median of {len(curves)})")
+            drawn = True
+        if not drawn:
+            _not_available(axis, "not run")
+            continue
+        axis.set_yscale("log")
+        axis.set_xlabel("iteration")
+        axis.set_ylabel("E = Σ|V − C X| (Eq. 15)")
+        axis.legend(fontsize="small")
+    figure.suptitle("NCA convergence (median and inter-quartile band over segments)")
+    _save_png(figure, path, dpi)
+
+
+def write_figures(out_dir: Path, *, units, models: dict, strategies, histories: dict,
+                  linear_compositions: dict, figure_segment: dict, sample_rate, n_fft,
+                  dpi: int = DPI) -> list[Path]:
+    """Draw the four figures into ``out_dir`` (file names in :data:`FIGURE_FILES`).
+
+    Args:
+        units, strategies: as for :func:`plot_nca_convergence`.
+        models: ``{kind: display name}`` in display order.
+        histories: as for :func:`plot_training_loss`.
+        linear_compositions: as for :func:`plot_linear_compositions`.
+        figure_segment: as for :func:`plot_couplings`.
+        sample_rate: Hz; ``n_fft``: FFT size.
+        dpi: resolution of the PNGs.
+
+    Returns:
+        The paths written, in the order of :data:`FIGURE_FILES`.
+    """
+    paths = {key: Path(out_dir) / name for key, name in FIGURE_FILES.items()}
+    plot_linear_compositions(paths["figure2"], linear_compositions, models, sample_rate=sample_rate,
+                             n_fft=n_fft, dpi=dpi)
+    plot_couplings(paths["figure3"], figure_segment, models, strategies, sample_rate=sample_rate, n_fft=n_fft,
+                   dpi=dpi)
+    plot_training_loss(paths["training"], histories, models, dpi=dpi)
+    plot_nca_convergence(paths["convergence"], units, models, strategies, dpi=dpi)
+    return list(paths.values())

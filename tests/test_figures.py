@@ -1,0 +1,113 @@
+"""Tests of the figures (nca_np.figures): the array functions against hand
+computation, and the four PNGs, with every piece present and with pieces
+missing (a strategy not run, a model without a matrix or a history)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy
+import pytest
+
+from nca_np import figures
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MODELS = {"dae": "DAE", "mss-dae": "MSS-DAE", "sf": "SF"}
+STRATEGIES = ["student", "compositional"]
+N_FREQ, N_FRAMES, SAMPLE_RATE, N_FFT = 16, 8, 44100, 30
+#: Small figures keep the tests fast; the layout is the same at any dpi.
+TEST_DPI = 30
+
+
+# ---------------------------------------------------------------- arrays
+
+
+def test_block_mean_averages_blocks_with_partial_edges():
+    matrix = numpy.arange(25, dtype=numpy.float32).reshape(5, 5)
+    blocks, factor = figures.block_mean(matrix, max_bins=3)
+    assert factor == 2 and blocks.dtype == numpy.float32 and blocks.shape == (3, 3)
+    assert blocks[0, 0] == pytest.approx((0 + 1 + 5 + 6) / 4)
+    assert blocks[2, 2] == 24.0 and blocks[0, 2] == pytest.approx((4 + 9) / 2)
+    assert figures.block_mean(matrix, max_bins=5)[1] == 1
+
+
+def test_colour_limit_is_a_percentile_of_finite_magnitudes():
+    values = numpy.array([-4.0, 1.0, 2.0, math.inf, math.nan])
+    assert figures.colour_limit(values, 100.0) == 4.0
+    assert figures.colour_limit(values, 50.0) == 2.0
+    assert figures.colour_limit(numpy.zeros(3)) == 1.0
+
+
+def test_zoom_bins_cover_low_frequencies():
+    assert figures.zoom_bins(2049, 44100, 4096) == 140  # bins up to 1.5 kHz
+    assert figures.zoom_bins(16, 44100, 30) == 8  # at least MIN_ZOOM_BINS
+    assert figures.zoom_bins(4, 44100, 6) == 4
+
+
+def test_loss_quartiles_of_ragged_curves_skip_undrawable_values():
+    quartiles = figures.loss_quartiles([[1.0, 2.0, 3.0], [3.0, 0.0, 5.0, math.inf]])
+    assert quartiles.shape == (3, 4)
+    numpy.testing.assert_allclose(quartiles[:, :3], [[1.5, 2.0, 3.5], [2.0, 2.0, 4.0], [2.5, 2.0, 4.5]])
+    assert numpy.isnan(quartiles[:, 3]).all()  # only an inf there
+    assert figures.loss_quartiles([]).shape == (3, 0)
+
+
+def test_decibels_floor_below_peak():
+    levels, top = figures.decibels(numpy.array([[0.0, 1.0, 10.0]], dtype=numpy.float32), 60.0)
+    assert top == pytest.approx(20.0) and levels.dtype == numpy.float32
+    numpy.testing.assert_allclose(levels, [[-40.0, 0.0, 20.0]], atol=1e-5)
+
+
+# ---------------------------------------------------------------- figures
+
+
+def losses(seed):
+    return (100.0 * numpy.exp(-numpy.arange(20) / (5.0 + seed))).tolist()
+
+
+def figure_inputs(strategies=STRATEGIES):
+    """Host inputs of write_figures, as nca_np.report checks them."""
+    rng = numpy.random.default_rng(0)
+    entry = {"target": rng.random((N_FREQ, N_FRAMES))}
+    for strategy in strategies:
+        entry[f"C_{strategy}"] = numpy.eye(N_FREQ) + 0.1 * rng.standard_normal((N_FREQ, N_FREQ))
+    units = [{"kind": kind, "strategies": {s: {"losses": losses(i)} for i, s in enumerate(strategies)}}
+             for kind in MODELS for _ in range(3)]
+    history = [{"epoch": e + 1, "loss": 1.0 / (e + 1)} for e in range(4)]
+    return {
+        "units": units, "models": MODELS, "strategies": STRATEGIES,
+        "histories": {kind: [history, history[:3]] for kind in MODELS},
+        "linear_compositions": {kind: numpy.eye(N_FREQ) + 0.05 * rng.standard_normal((N_FREQ, N_FREQ))
+                                for kind in MODELS},
+        "figure_segment": {**{kind: dict(entry) for kind in MODELS}, "track": "track 0", "segment_index": 1},
+        "sample_rate": SAMPLE_RATE, "n_fft": N_FFT,
+    }
+
+
+def assert_drawn(paths):
+    from matplotlib.image import imread
+
+    assert [p.name for p in paths] == list(figures.FIGURE_FILES.values())
+    for path in paths:
+        assert path.read_bytes()[:8] == PNG_SIGNATURE
+        pixels = imread(path)
+        assert pixels.shape[0] > 50 and pixels.shape[1] > 100
+        assert pixels[..., :3].std() > 0.05  # something is drawn
+
+
+def test_write_figures_draws_valid_pngs_byte_identical_twice(tmp_path):
+    paths = [figures.write_figures(tmp_path / name, dpi=TEST_DPI, **figure_inputs())
+             for name in ("first", "second")]
+    assert_drawn(paths[0])
+    for first, second in zip(*paths):
+        assert first.read_bytes() == second.read_bytes(), first.name
+
+
+def test_write_figures_with_missing_pieces(tmp_path):
+    inputs = figure_inputs(["student"])  # compositional: "not run"
+    del inputs["linear_compositions"]["sf"]
+    del inputs["figure_segment"]["mss-dae"]
+    inputs["figure_segment"]["sf"].pop("target")
+    inputs["histories"]["dae"] = []
+    inputs["units"] = [u for u in inputs["units"] if u["kind"] != "sf"]
+    assert_drawn(figures.write_figures(tmp_path, dpi=TEST_DPI, **inputs))
