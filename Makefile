@@ -7,6 +7,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PROFILE ?= paper
+DEVICE ?= auto
+# For make reproduce on a GPU: the CuPy wheel to add to .venv, e.g.
+# CUPY=cupy-cuda12x or CUPY=cupy-cuda13x (see setup.cfg's extras).
+CUPY   ?=
 NCA    := $(PY) -m nca_np
 
 .PHONY: help setup ffmpeg test demo bench gradcheck reproduce clean
@@ -14,7 +18,7 @@ NCA    := $(PY) -m nca_np
 help:
 	@echo "make demo       the main job on the built-in synthetic corpus (CPU, minutes)"
 	@echo "make test       the whole test suite"
-	@echo "make reproduce  the paper's protocol on MUSDB18 (set MUSDB_PATH; GPU if present)"
+	@echo "make reproduce  the paper's protocol on MUSDB18 (set MUSDB_PATH; GPU when CuPy works, e.g. CUPY=cupy-cuda12x)"
 	@echo "make bench      speed of a training step and an NCA iteration against this machine's bound"
 	@echo "make gradcheck  every finite-difference gradient check, as a table"
 
@@ -42,7 +46,8 @@ reproduce: $(STAMP)
 	  echo "make demo runs the whole job without it, on the built-in synthetic corpus." ; \
 	  exit 2; fi
 	@$(MAKE) --no-print-directory ffmpeg
-	$(NCA) reproduce --profile $(PROFILE) $(ARGS)
+	@if [ -n "$(CUPY)" ]; then $(PY) -m pip install --quiet "$(CUPY)"; fi
+	$(NCA) reproduce --profile $(PROFILE) --device $(DEVICE) $(ARGS)
 
 bench: $(STAMP)
 	$(PY) scripts/bench_train.py $(ARGS)

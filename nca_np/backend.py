@@ -21,7 +21,7 @@ import numpy
 from .errors import UserError
 
 ENV_VAR = "NCA_NP_BACKEND"
-_ALIASES = {"numpy": "numpy", "cpu": "numpy", "cupy": "cupy", "gpu": "cupy", "cuda": "cupy"}
+_ALIASES = {"numpy": "numpy", "cpu": "numpy", "cupy": "cupy", "gpu": "cupy", "cuda": "cupy", "auto": "auto"}
 
 _active = None
 _module_by_type: dict[type, object] = {}
@@ -57,8 +57,9 @@ def use(name: str | None = None):
     """Select the array module by name and return it.
 
     Args:
-        name: "numpy" (alias "cpu") or "cupy" (aliases "gpu", "cuda"); None
-            reads ``NCA_NP_BACKEND`` and falls back to "numpy".
+        name: "numpy" (alias "cpu"), "cupy" (aliases "gpu", "cuda") or
+            "auto" (CuPy when it works here, else NumPy); None reads
+            ``NCA_NP_BACKEND`` and falls back to "numpy".
 
     Raises:
         BackendError: unknown name, or CuPy missing or without a usable GPU.
@@ -68,8 +69,14 @@ def use(name: str | None = None):
     key = _ALIASES.get(str(raw).strip().lower())
     if key is None:
         source = "argument" if name is not None else f"environment variable {ENV_VAR}"
-        raise BackendError(f"unknown backend {raw!r} in {source}: use 'numpy' or 'cupy'")
-    _active = numpy if key == "numpy" else _load_cupy()
+        raise BackendError(f"unknown backend {raw!r} in {source}: use 'numpy', 'cupy' or 'auto'")
+    if key == "auto":
+        try:
+            _active = _load_cupy()
+        except BackendError:
+            _active = numpy
+    else:
+        _active = numpy if key == "numpy" else _load_cupy()
     return _active
 
 

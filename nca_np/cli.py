@@ -43,8 +43,9 @@ def _common_options() -> argparse.ArgumentParser:
                         help="override one configuration value, e.g. --set train.runs=3 (repeatable)")
     common.add_argument("--workdir", type=Path, default=Path("."),
                         help="folder holding data/, cache/, runs/, couplings/, results/ (default: .)")
-    common.add_argument("--device", choices=["cpu", "gpu"], default=None,
-                        help="compute on the CPU (NumPy) or the GPU (CuPy); default: $NCA_NP_BACKEND or cpu")
+    common.add_argument("--device", choices=["cpu", "gpu", "auto"], default=None,
+                        help="compute on the CPU (NumPy), the GPU (CuPy), or the GPU when one is usable "
+                             "(auto); default: $NCA_NP_BACKEND or cpu")
     common.add_argument("--quiet", action="store_true", help="no progress bars; one log line per unit")
     return common
 

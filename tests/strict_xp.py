@@ -82,6 +82,8 @@ class StrictArray:
         return _wrap(self._data[_unwrap(key)])
 
     def __setitem__(self, key, value):
+        if isinstance(value, numpy.ndarray) and value.ndim > 0:  # CuPy refuses host arrays here too
+            raise ImplicitConversion("assigning a NumPy array into a device array: use backend.to_device")
         self._data[_unwrap(key)] = _unwrap(value)
 
 

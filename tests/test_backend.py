@@ -55,3 +55,11 @@ def test_rng_streams_are_independent_and_reproducible():
     assert backend.rng(1).normal() == backend.rng(1).normal()
     assert backend.rng(1, 1).normal() == backend.rng(1, 1).normal()
     assert backend.rng(1, 1).normal() != backend.rng(1).normal()
+
+
+def test_auto_falls_back_to_numpy_without_a_gpu():
+    try:
+        module = backend.use("auto")
+        assert module is numpy or module.__name__ == "cupy"
+    finally:
+        backend.use("numpy")

@@ -406,3 +406,22 @@ def test_gradcheck_script_passes():
     assert done.returncode == 0, done.stdout + done.stderr
     assert "FAIL" not in done.stdout
     assert "compositional paper L=4" in done.stdout and "student dC" in done.stdout
+
+
+@pytest.mark.parametrize("strategy", ["student", "compositional"])
+def test_fit_couplings_runs_on_a_device_module(strategy):
+    """No implicit host conversion anywhere in Algorithm 1 or the measures."""
+    from strict_xp import strict
+    from nca_np.metrics import reconstruct, snr_db, tod_r
+
+    X = backend.rng(0).uniform(0.0, 1.0, size=(6, 9)).astype(numpy.float32)
+    host = nca.fit_couplings(build_model("sf", 6, seed=1), X, strategy, iterations=5, lr=1e-2, seed=2)
+    model = build_model("sf", 6, seed=1, module=strict)
+    device = nca.fit_couplings(model, backend.to_device(X, strict), strategy, iterations=5, lr=1e-2, seed=2)
+    numpy.testing.assert_allclose(device.losses, host.losses, rtol=1e-5)
+    numpy.testing.assert_allclose(backend.to_host(device.C), host.C, rtol=1e-4, atol=1e-6)
+    X_device = backend.to_device(X, strict)
+    estimate = reconstruct("sf", device.C, X_device)
+    assert tod_r(device.C) == pytest.approx(tod_r(host.C), rel=1e-4)
+    assert snr_db(model.predict(X_device.T).T, estimate) == pytest.approx(
+        snr_db(build_model("sf", 6, seed=1).predict(X.T).T, reconstruct("sf", host.C, X)), rel=1e-4)

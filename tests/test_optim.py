@@ -88,3 +88,40 @@ def test_plateau_schedule_stops_at_max_epochs_and_round_trips():
     s2.update(2.0)
     copy = PlateauSchedule.from_state(s2.state_dict())
     assert copy.update(2.0) == s2.update(2.0) == "reduce"
+
+
+class KernelArray(numpy.ndarray):
+    """Host arrays of a module that offers ``ElementwiseKernel`` (as CuPy does)."""
+
+
+def _elementwise_kernel(in_params, out_params, operation, name):
+    """Run a CuPy-style elementwise kernel body with NumPy: the statements of
+    the fused Adam are valid Python once ``sqrt`` is NumPy's."""
+    names = [p.split()[-1] for p in (in_params + "," + out_params).split(",")]
+    n_out = len(out_params.split(","))
+
+    def run(*args):
+        env = dict(zip(names, args), sqrt=numpy.sqrt)
+        for statement in filter(str.strip, operation.split(";")):
+            exec(statement.strip(), {}, env)
+        for name, array in zip(names[-n_out:], args[-n_out:]):
+            array[...] = env[name]
+    return run
+
+
+def test_fused_kernel_computes_the_same_update_as_the_chunked_path():
+    import types
+    kernel_module = types.SimpleNamespace(ElementwiseKernel=_elementwise_kernel, zeros_like=numpy.zeros_like)
+    backend.register_array_type(KernelArray, kernel_module)
+    rng = backend.rng(2)
+    start = rng.normal(size=(4, 6))
+    grads = [rng.normal(size=(4, 6)) for _ in range(3)]
+    fused = start.copy().view(KernelArray)
+    plain = start.copy()
+    adam_fused, adam_plain = Adam([fused], lr=0.01), Adam([plain], lr=0.01)
+    assert backend.array_module(fused) is kernel_module
+    for g in grads:
+        adam_fused.step([g.view(KernelArray)])
+        adam_plain.step([g])
+    numpy.testing.assert_allclose(numpy.asarray(fused), plain, rtol=1e-14)
+    numpy.testing.assert_allclose(numpy.asarray(adam_fused.v[0]), adam_plain.v[0], rtol=1e-14)

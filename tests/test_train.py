@@ -141,3 +141,16 @@ def test_damaged_checkpoint_is_one_clear_error(tmp_path):
     (tmp_path / CHECKPOINT).write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(UserError, match="not a readable nca_np model or checkpoint.*delete it"):
         train("dae", _problem(), tmp_path, settings=SETTINGS, seed=1, progress=False)
+
+
+def test_training_on_a_device_module_matches_numpy(tmp_path):
+    """The whole loop (batches, model, Adam, checkpoint) runs on a stand-in
+    device module without one implicit host conversion, with the numbers of
+    the NumPy run."""
+    from strict_xp import strict
+    X, Y = _data()
+    train("sf", ArrayFrames(X, Y), tmp_path / "host", settings=SETTINGS, seed=3, progress=False)
+    train("sf", ArrayFrames(X, Y, module=strict), tmp_path / "device", settings=SETTINGS, seed=3,
+          progress=False, module=strict)
+    for p, q in zip(_params(tmp_path / "host"), _params(tmp_path / "device")):
+        numpy.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-7)
