@@ -323,10 +323,14 @@ def couplings_stage(ws: Workspace, *, shard=Shard(), kinds=None, progress=True, 
     module = backend.xp()
     version, chash = code_version(), config_hash(config)
     started = time.perf_counter()
+    models = {}  # the runs of the current kind, loaded once (units are sorted by kind)
     try:
         for kind, segment in _unit_bar(todo, "couplings", progress):
             run, init_seed = unit_draws(config, kind, segment["number"])
-            model, _, _ = load_model(ws.run_dir(kind, run) / FINAL_MODEL, module=module)
+            if (kind, run) not in models:
+                models = {key: m for key, m in models.items() if key[0] == kind}
+                models[kind, run] = load_model(ws.run_dir(kind, run) / FINAL_MODEL, module=module)[0]
+            model = models[kind, run]
             data = cache.segments(config["nca"]["segment_frames"], indices=[segment["number"]], log=None)[0]
             mixture = backend.to_device(data.mixture, module)
             vocals = backend.to_device(data.vocals, module)
