@@ -157,8 +157,8 @@ def _check_wav_track(folder: Path, subset_folder: Path) -> None:
 def _scan_wav(subset_folder: Path, folders: list[Path], stem_files: list[Path]) -> list[Path]:
     if not folders:
         raise DataError(f"{subset_folder} holds {len(stem_files)} {STEM_SUFFIX} file(s) (the MUSDB18 stems "
-                        "release) and no track folders, but is_wav is true: set is_wav = false in the [data] "
-                        "section of the configuration")
+                        "release) and no track folders, but is_wav is true: pass --set data.is_wav=false "
+                        "(or set is_wav = false in the profile's [data] section)")
     for folder in folders:
         _check_wav_track(folder, subset_folder)
     return folders
@@ -168,8 +168,8 @@ def _scan_stems(subset_folder: Path, folders: list[Path], stem_files: list[Path]
     if not stem_files:
         if any(_has_wav(folder) for folder in folders):
             raise DataError(f"{subset_folder} holds track folders with .wav files (the MUSDB18-HQ layout) "
-                            f"and no {STEM_SUFFIX} files: set is_wav = true in the [data] section of the "
-                            "configuration")
+                            f"and no {STEM_SUFFIX} files: pass --set data.is_wav=true (or set is_wav = true "
+                            "in the profile's [data] section)")
         raise DataError(f"{subset_folder} holds no {STEM_SUFFIX} files: extract MUSDB18 there")
     for folder in folders:
         nested = sorted(folder.rglob(f"*{STEM_SUFFIX}"))
