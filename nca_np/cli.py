@@ -51,8 +51,15 @@ def _common_options() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nca-np", description=__doc__.split("\n\n")[0],
-                                     epilog="Run `nca-np COMMAND --help` for the options of a command.")
+    parser = argparse.ArgumentParser(
+        prog="nca-np", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train DAE, MSS-DAE and SF singing-voice separators and explain them with the "
+                    "neural couplings algorithm; one command per stage, each resumable.",
+        epilog="examples:\n"
+               "  nca-np reproduce --profile demo        the whole job on the built-in synthetic corpus\n"
+               "  nca-np reproduce --plan                what the paper's protocol needs, and how long\n"
+               "  nca-np train --device gpu --shard 0/4  a quarter of the trainings, on the GPU\n\n"
+               "Run `nca-np COMMAND --help` for the options of a command.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = _common_options()
     for name, text in STAGE_HELP.items():
