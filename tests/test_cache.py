@@ -357,3 +357,37 @@ def test_bad_dataset_fails_before_any_audio_is_read(tmp_path, monkeypatch):
     monkeypatch.setattr(musdb_io, "load_track", lambda ref: pytest.fail("audio was read"))
     with pytest.raises(DataError, match="Gamma - Three lacks other.wav"):
         prepare_cache(make_config(root), tmp_path / "cache", progress=False, log=None)
+
+
+@pytest.mark.musdb
+@pytest.mark.skipif(not musdb_io.ffmpeg_available(), reason="reading .stem.mp4 needs ffmpeg")
+def test_real_music_through_the_stems_path_matches_features_read_another_way(tmp_path):
+    """stempeg's six-second excerpt of a real MUSDB18 track, put under train/
+    and test/ of a stems-release root and prepared through musdb, has the
+    features of the same audio decoded by stempeg directly."""
+    import stempeg
+    from audio_trees import copy_example_stem
+
+    copy_example_stem(tmp_path / "musdb" / "train")
+    copy_example_stem(tmp_path / "musdb" / "test")
+    config = make_config(tmp_path / "musdb", is_wav=False, excerpt_seconds=30.0)
+    folder = prepare_cache(config, tmp_path / "cache", progress=False, log=None)
+    features = open_cache(folder)
+    (excerpt,) = features.excerpts()
+    assert excerpt.source == "whole-track"  # a 6 s track is shorter than the 30 s excerpt
+
+    stems, rate = stempeg.read_stems(stempeg.example_stem_path(), ffmpeg_format="s16le")
+    settings = StftSettings(**STFT)
+    # musdb's stream order: mixture 0, drums 1, bass 2, other 3, vocals 4
+    mixture = stft_magnitude(stems[0].mean(axis=1), settings)
+    vocals = stft_magnitude(stems[4].mean(axis=1), settings)
+    segment_frames = 200
+    segments = features.segments(segment_frames, log=None)
+    assert len(segments) == mixture.shape[0] // segment_frames
+    std = features.scaler.std[:, None]
+    for segment in segments:
+        rows = slice(segment.start_frame, segment.start_frame + segment_frames)
+        numpy.testing.assert_allclose(segment.mixture * std, mixture[rows].T, rtol=1e-4, atol=1e-5)
+        numpy.testing.assert_allclose(segment.vocals * std, vocals[rows].T, rtol=1e-4, atol=1e-5)
+    train_mixture, _ = features.train_arrays()
+    numpy.testing.assert_allclose(numpy.asarray(train_mixture[0]), mixture, rtol=1e-4, atol=1e-5)
