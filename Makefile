@@ -19,7 +19,8 @@ help:
 	@echo "make demo       the main job on the built-in synthetic corpus (CPU, minutes)"
 	@echo "make test       the whole test suite"
 	@echo "make reproduce  the paper's protocol on MUSDB18 (set MUSDB_PATH; GPU when CuPy works, e.g. CUPY=cupy-cuda12x)"
-	@echo "make bench      speed of a training step and an NCA iteration against this machine's bound"
+	@echo "make bench      training step and NCA iteration against this machine's bound; training memory"
+	@echo "                and speed from feature caches of two sizes (builds ~5 GB in a temp folder)"
 	@echo "make gradcheck  every finite-difference gradient check, as a table"
 
 setup: $(STAMP)
@@ -52,6 +53,7 @@ reproduce: $(STAMP)
 bench: $(STAMP)
 	$(PY) scripts/bench_train.py $(ARGS)
 	$(PY) scripts/bench_nca.py $(ARGS)
+	$(PY) scripts/bench_cache.py $(ARGS)
 
 gradcheck: $(STAMP)
 	$(PY) scripts/gradcheck.py

@@ -40,6 +40,68 @@ _STORAGE_DTYPES = ("float16", "float32")
 _FLOAT16_MAX = float(numpy.finfo(numpy.float16).max)
 
 
+class NpyRows:
+    """The rows of a 2-D ``.npy`` file, read from disk on demand.
+
+    Slicing reads the rows with ordinary file reads into a new array. A
+    memory map would do the same work, but every page it touches stays in
+    the process's resident memory until the map is closed, so one epoch over
+    a cache larger than memory would appear to need all of it; file reads go
+    through the operating system's page cache, which it can drop at will.
+
+    Attributes:
+        path: the file.
+        shape: ``(N, F)``.
+        dtype: the stored dtype.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        with open(path, "rb") as handle:
+            version = numpy.lib.format.read_magic(handle)
+            readers = {(1, 0): numpy.lib.format.read_array_header_1_0,
+                       (2, 0): numpy.lib.format.read_array_header_2_0}
+            if version not in readers:
+                raise ValueError(f"{path}: .npy format {version} is not supported (1.0 and 2.0 are)")
+            shape, fortran_order, self.dtype = readers[version](handle)
+            self._offset = handle.tell()
+        if len(shape) != 2 or fortran_order:
+            raise ValueError(f"{path}: expected a C-ordered 2-D array, got shape {shape}")
+        self.shape = tuple(shape)
+        self._row_bytes = self.shape[1] * self.dtype.itemsize
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> numpy.ndarray:
+        """Rows ``[start, stop)`` as a new ``(stop − start, F)`` array."""
+        if not isinstance(rows, slice):
+            raise TypeError("NpyRows reads contiguous row ranges: index it with a slice")
+        start, stop, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise ValueError("NpyRows reads contiguous row ranges: the step must be 1")
+        return self.read_into(start, numpy.empty((max(stop - start, 0), self.shape[1]), dtype=self.dtype))
+
+    def read_into(self, start: int, out: numpy.ndarray) -> numpy.ndarray:
+        """Read rows ``[start, start + len(out))`` into ``out``, a C-contiguous
+        array of this file's dtype and width (no intermediate copy)."""
+        if out.dtype != self.dtype or out.shape[1:] != self.shape[1:] or not out.flags.c_contiguous:
+            raise ValueError(f"read_into needs a C-contiguous (n, {self.shape[1]}) {self.dtype} array")
+        with open(self.path, "rb", buffering=0) as handle:
+            handle.seek(self._offset + start * self._row_bytes)
+            if handle.readinto(memoryview(out).cast("B")) != out.nbytes:
+                raise OSError(f"{self.path}: file ends before row {start + len(out)}; the cache is damaged")
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        rows = self[:]
+        return rows if dtype is None else rows.astype(dtype)
+
+
 def _as_pieces(arrays, what: str) -> list:
     """One array or a list of arrays (one per track) as a list of 2-D pieces."""
     pieces = list(arrays) if isinstance(arrays, (list, tuple)) else [arrays]
@@ -171,12 +233,18 @@ class ArrayFrames:
     def _to_module(self, host_array):
         return host_array if self._module is None else backend.to_device(host_array, self._module)
 
-    def _read_group(self, pieces, group) -> numpy.ndarray:
-        """Stack the group's blocks, read one after the other, as float32 ``(M, F)``."""
-        stack = numpy.empty((sum(stop - start for _, start, stop in group), self.n_freq), dtype=numpy.float32)
+    def _read_group(self, pieces, group, buffer) -> numpy.ndarray:
+        """Stack the group's blocks, read one after the other, into the first
+        rows of ``buffer`` (float32, reused from group to group); returns them."""
+        stack = buffer[: sum(stop - start for _, start, stop in group)]
         row = 0
         for piece, start, stop in group:
-            stack[row : row + stop - start] = numpy.asarray(pieces[piece][start:stop])
+            target = stack[row : row + stop - start]
+            source = pieces[piece]
+            if isinstance(source, NpyRows) and source.dtype == numpy.float32:
+                source.read_into(start, target)
+            else:
+                target[...] = numpy.asarray(source[start:stop])
             row += stop - start
         return stack
 
@@ -192,9 +260,13 @@ class ArrayFrames:
         """
         _check_batch_size(batch_size)
         pending_mixture, pending_vocals, n_pending = [], [], 0
+        # One pair of group buffers for the epoch: fresh ones per group would
+        # cost the page faults of a new allocation every time.
+        largest = sum(sorted((stop - start for _, start, stop in self._blocks), reverse=True)[: self._blocks_in_memory])
+        buffers = [numpy.empty((largest, self.n_freq), dtype=numpy.float32) for _ in range(2)]
         for group, order in epoch_groups(self._blocks, self._blocks_in_memory, rng):
-            mixture = self._read_group(self._mixture, group)
-            vocals = self._read_group(self._vocals, group)
+            mixture = self._read_group(self._mixture, group, buffers[0])
+            vocals = self._read_group(self._vocals, group, buffers[1])
             position = 0
             while position < order.shape[0]:
                 take = min(batch_size - n_pending, order.shape[0] - position)

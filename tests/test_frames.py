@@ -223,3 +223,23 @@ def test_bad_settings_are_named():
         next(ArrayFrames(mixture, vocals).batches(0, backend.rng(0)))
     with pytest.raises(ValueError, match="storage_dtype must be one of float16, float32"):
         DeviceFrames(mixture, vocals, module=numpy, storage_dtype="bfloat16")
+
+
+def test_npy_rows_reads_what_numpy_saved(tmp_path):
+    from nca_np.frames import NpyRows
+    data = numpy.arange(60, dtype=numpy.float32).reshape(12, 5)
+    numpy.save(tmp_path / "a.npy", data)
+    rows = NpyRows(tmp_path / "a.npy")
+    assert rows.shape == (12, 5) and rows.dtype == numpy.float32 and len(rows) == 12
+    numpy.testing.assert_array_equal(rows[3:7], data[3:7])
+    numpy.testing.assert_array_equal(rows[10:99], data[10:])
+    numpy.testing.assert_array_equal(numpy.asarray(rows), data)
+    out = numpy.empty((4, 5), dtype=numpy.float32)
+    numpy.testing.assert_array_equal(rows.read_into(8, out), data[8:])
+    with pytest.raises(ValueError, match="step must be 1"):
+        rows[::2]
+    with pytest.raises(OSError, match="file ends before row 13"):
+        rows.read_into(9, out)
+    source = ArrayFrames([rows], [NpyRows(tmp_path / "a.npy")], block_frames=5, blocks_in_memory=1)
+    seen = numpy.concatenate([X for X, _ in source.batches(4, numpy.random.default_rng(0))])
+    numpy.testing.assert_array_equal(numpy.sort(seen[:, 0]), data[:, 0])

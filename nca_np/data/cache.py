@@ -44,7 +44,7 @@ from .. import __version__
 from ..atomic import atomic_open, write_json
 from ..errors import ConfigError, DataError
 from ..features import Scaler, StftSettings, stft_magnitude
-from ..frames import DEFAULT_BLOCK_FRAMES, DEFAULT_BLOCKS_IN_MEMORY, choose_frame_source
+from ..frames import DEFAULT_BLOCK_FRAMES, DEFAULT_BLOCKS_IN_MEMORY, NpyRows, choose_frame_source
 from . import excerpts as excerpt_module
 from . import musdb_io
 
@@ -479,10 +479,13 @@ class FeatureCache:
         return numpy.load(path, mmap_mode="r")
 
     def train_arrays(self) -> tuple[list, list]:
-        """Memory-mapped ``(n_frames_i, F)`` float32 mixture and vocals arrays, one per training track, unscaled."""
+        """``(n_frames_i, F)`` float32 mixture and vocals rows, one per training track, unscaled,
+        read from disk as they are sliced (:class:`~nca_np.frames.NpyRows`)."""
         entries = self.manifest["train"]
-        return ([self._arrays("train", e, "mixture") for e in entries],
-                [self._arrays("train", e, "vocals") for e in entries])
+
+        def rows(entry, name):
+            return NpyRows(_unit_files(_unit_stem(self.path, "train", entry["index"]))[name])
+        return [rows(e, "mixture") for e in entries], [rows(e, "vocals") for e in entries]
 
     def train_frames(self, *, module=None, device_budget_bytes: int = 0, storage_dtype: str = "float16",
                      block_frames: int = DEFAULT_BLOCK_FRAMES, blocks_in_memory: int = DEFAULT_BLOCKS_IN_MEMORY):
