@@ -71,6 +71,12 @@ class Workspace:
         return Path(self.config["data"]["root"] or self.root / "data" / "synthetic")
 
     @property
+    def uses_builtin_corpus(self) -> bool:
+        """True when the data is the built-in corpus, generated in the work
+        folder (corpus "synthetic" with no data.root of the user's)."""
+        return self.config["data"]["corpus"] == "synthetic" and not self.config["data"]["root"]
+
+    @property
     def cache_root(self) -> Path:
         return self.root / "cache"
 
@@ -156,7 +162,7 @@ def prepare_stage(ws: Workspace, *, musdb_root=None, progress=True, log=print) -
     """Features, scaler, cut list (reads audio); records where the cache is."""
     from .data.cache import prepare_cache
 
-    if ws.config["data"]["corpus"] == "synthetic":
+    if ws.config["data"]["corpus"] == "synthetic" and musdb_root is None:
         musdb_root = ws.synthetic_root
     started = time.perf_counter()
     path = prepare_cache(ws.config, ws.cache_root, musdb_root=musdb_root, progress=progress, log=log)
@@ -570,7 +576,7 @@ def _calibrate(config: dict) -> tuple[dict, dict]:
 def reproduce(ws: Workspace, *, musdb_root=None, shard=Shard(), progress=True, log=print) -> Path | None:
     """Every stage in order; each skips what is already done."""
     if shard.count == 1:
-        if ws.config["data"]["corpus"] == "synthetic":
+        if ws.uses_builtin_corpus and musdb_root is None:
             synth_stage(ws, log=log)
         prepare_stage(ws, musdb_root=musdb_root, progress=progress, log=log)
     else:  # shards started together must not all write the same cache
