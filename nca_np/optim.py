@@ -76,6 +76,10 @@ def _update_range(module, flat, start, stop, chunk, scratch, coefficients):
         p_c -= tmp
 
 
+#: Steps between two flushes of negligible moments (see Adam._flush_tiny_moments).
+FLUSH_EVERY = 100
+
+
 class Adam:
     """Adam over a list of arrays, updated in place (MATH.md §3).
 
@@ -123,6 +127,23 @@ class Adam:
                 _fused_kernel(module)(g, *(p.dtype.type(x) for x in coefficients), p, m, v)
             else:
                 self._chunked_update(p, g, m, v, coefficients)
+        if self.t % FLUSH_EVERY == 0:
+            self._flush_tiny_moments()
+
+    def _flush_tiny_moments(self):
+        """Set moments too small to matter to zero before they turn subnormal.
+
+        A unit whose ReLU never fires gets exact zero gradients, and its
+        moments decay geometrically (by β1, β2 per step) into the subnormal
+        range, where a CPU computes about ten times slower (measured: Adam
+        on 4.2 M subnormal float32 moments took 63 ms instead of 9 ms). A
+        moment below ``tiny · 2³⁰`` (1.3e-29 in float32) moves θ by less
+        than 1e-20 η; flushed every 100 steps it never becomes subnormal.
+        """
+        for moment in self.m + self.v:
+            module = array_module(moment)
+            threshold = float(numpy.finfo(moment.dtype).tiny) * 2.0**30
+            module.multiply(moment, module.abs(moment) >= threshold, out=moment)
 
     def _chunked_update(self, p, g, m, v, coefficients):
         """The update over flat views, in cache-sized chunks on NumPy."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -91,6 +92,7 @@ def main(argv=None) -> int:
             started = time.perf_counter()
             cache = build_cache(workdir / label, minutes)
             built = time.perf_counter() - started
+            os.sync()  # the build's writes reach the disk now, not during the timed epoch
             out = subprocess.run([sys.executable, __file__, "--one-epoch", str(cache)], check=True,
                                  capture_output=True, text=True).stdout
             rows.append({"label": label, "minutes": minutes, "cache_mib": folder_mib(cache), "build_s": built,

@@ -125,3 +125,20 @@ def test_fused_kernel_computes_the_same_update_as_the_chunked_path():
         adam_plain.step([g])
     numpy.testing.assert_allclose(numpy.asarray(fused), plain, rtol=1e-14)
     numpy.testing.assert_allclose(numpy.asarray(adam_fused.v[0]), adam_plain.v[0], rtol=1e-14)
+
+
+def test_moments_of_dead_units_never_turn_subnormal(xp_module):
+    """A parameter whose gradient is exactly zero (a dead ReLU unit) has its
+    moments decay geometrically; they are flushed before leaving the normal
+    float32 range, where a CPU would slow down several-fold."""
+    p = backend.to_device(numpy.ones(3, dtype=numpy.float32), xp_module)
+    adam = Adam([p])
+    adam.step([backend.to_device(numpy.array([1e-3, 0.5, 1.0], dtype=numpy.float32), xp_module)])
+    zero = backend.to_device(numpy.zeros(3, dtype=numpy.float32), xp_module)
+    tiny = numpy.finfo(numpy.float32).tiny
+    for _ in range(1500):
+        adam.step([zero])
+        for moment in (adam.m[0], adam.v[0]):
+            host = numpy.abs(backend.to_host(moment))
+            assert not ((host > 0) & (host < tiny)).any()
+    assert not backend.to_host(adam.m[0]).any()  # 0.9^1500: flushed to zero, not subnormal
