@@ -358,6 +358,9 @@ def table_csv(table: dict) -> str:
     return buffer.getvalue()
 
 
+#: Said under Tables 2 and 3: where the SNRs are measured.
+SNR_DOMAIN = (" SNRs are computed over the whole F×T segment on the models' features: magnitudes with "
+              "each frequency band divided by its standard deviation over the training mixtures.")
 TABLE_CAPTIONS = {
     TABLE1: ("Trace-to-off-diagonal ratio of the couplings matrices C fitted by the NCA, mean (std) over "
              "segments. Large values: the activity sits on the main diagonal, i.e. scalar filtering "
@@ -366,10 +369,10 @@ TABLE_CAPTIONS = {
     TABLE2: ("How well Ŷ(C) reproduces the model's own output ŷ (Ŷ(C) = C X for DAE and MSS-DAE, "
              "X ⊙ (C X) for SF, whose ŷ is the masked mixture), mean (std) over segments; higher is a "
              "more faithful approximation. Baselines: the linear composition of the weights "
-             "(Eqs. 11–13, biases neglected) and the identity C = I (the mixture itself)."),
+             "(Eqs. 11–13, biases neglected) and the identity C = I (the mixture itself)." + SNR_DOMAIN),
     TABLE3: ("SNR between the true vocals and Ŷ(C) for each NCA strategy, and between the true vocals "
              "and the model's own output ŷ, mean (std) over segments: how much separation quality the "
-             "approximation keeps or loses."),
+             "approximation keeps or loses." + SNR_DOMAIN),
 }
 
 
