@@ -172,6 +172,27 @@ def free_device_bytes(module=None) -> int | None:
     return int(module.cuda.Device().mem_info[0])
 
 
+def versions(*packages: str) -> dict:
+    """Versions of what computes the numbers: Python, nca_np, NumPy, the
+    active array module, and any installed ``packages`` named (None when
+    one is missing)."""
+    import platform
+    from importlib import metadata
+
+    from . import __version__
+
+    found = {"python": platform.python_version(), "nca_np": __version__, "numpy": numpy.__version__,
+             "backend": name()}
+    if name() == "cupy":
+        found["cupy"] = xp().__version__
+    for package in packages:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = None
+    return found
+
+
 def device_description() -> str:
     """A human-readable description of where the numbers are computed."""
     module = xp()

@@ -96,8 +96,6 @@ def run(args) -> int:
     if args.command == "synth":
         experiment.synth_stage(ws, log=_log)
     elif args.command == "prepare":
-        if ws.uses_builtin_corpus and args.musdb_root is None:
-            experiment.synth_stage(ws, log=_log)
         experiment.prepare_stage(ws, musdb_root=args.musdb_root, progress=progress, log=_log)
     elif args.command == "train":
         experiment.train_stage(ws, shard=shard, kinds=args.kinds, runs=args.runs, progress=progress, log=_log)

@@ -31,7 +31,7 @@ from .atomic import save_npz, write_json
 from .config import config_hash
 from .errors import UserError
 from .models import KINDS, build_model
-from .train import CHECKPOINT, FINAL_MODEL, TrainSettings, load_model, train, versions
+from .train import CHECKPOINT, FINAL_MODEL, TrainSettings, load_model, train
 
 FIGURE_SEGMENT = 0  # Figure 3 shows the first segment of the first test excerpt
 
@@ -159,9 +159,12 @@ def synth_stage(ws: Workspace, *, log=print) -> Path:
 
 
 def prepare_stage(ws: Workspace, *, musdb_root=None, progress=True, log=print) -> Path:
-    """Features, scaler, cut list (reads audio); records where the cache is."""
+    """Features, scaler, cut list (reads audio). The built-in corpus is
+    generated first when it is the data and no other root is given."""
     from .data.cache import prepare_cache
 
+    if ws.uses_builtin_corpus and musdb_root is None:
+        synth_stage(ws, log=log)
     if ws.config["data"]["corpus"] == "synthetic" and musdb_root is None:
         musdb_root = ws.synthetic_root
     started = time.perf_counter()
@@ -443,7 +446,7 @@ def report_stage(ws: Workspace, *, log=print) -> Path:
         "seeds": {"train": {str(r): run_seed(config, r) for r in range(config["train"]["runs"])},
                   "nca": config["nca"]["seed"],
                   "drawn_runs": {f"{u['kind']}/{u['segment']['id']}": u["run"] for u in units}},
-        "versions": {"training": training_versions, "report": versions()}, "backend": _stage_records(ws, "backend"), "device": _stage_records(ws, "device"),
+        "versions": {"training": training_versions, "report": backend.versions()}, "backend": _stage_records(ws, "backend"), "device": _stage_records(ws, "device"),
         "wall_time_seconds": _stage_times(ws), "n_segments": len(segments),
     }
     paths = write_report(ws.results_dir, units=units, kinds=kinds, strategies=list(config["nca"]["strategies"]),
@@ -576,8 +579,6 @@ def _calibrate(config: dict) -> tuple[dict, dict]:
 def reproduce(ws: Workspace, *, musdb_root=None, shard=Shard(), progress=True, log=print) -> Path | None:
     """Every stage in order; each skips what is already done."""
     if shard.count == 1:
-        if ws.uses_builtin_corpus and musdb_root is None:
-            synth_stage(ws, log=log)
         prepare_stage(ws, musdb_root=musdb_root, progress=progress, log=log)
     else:  # shards started together must not all write the same cache
         try:

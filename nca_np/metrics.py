@@ -10,8 +10,7 @@ from __future__ import annotations
 import math
 
 from . import backend
-
-RECONSTRUCTIONS = ("dae", "mss-dae", "sf")
+from .models import KINDS
 
 
 def tod_r(C) -> float:
@@ -87,8 +86,8 @@ def reconstruct(kind: str, C, X):
     Returns:
         (F, T) array in the module and dtype of the inputs.
     """
-    if kind not in RECONSTRUCTIONS:
-        raise ValueError(f"unknown model kind {kind!r}: use one of {', '.join(RECONSTRUCTIONS)}")
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r}: use one of {', '.join(KINDS)}")
     if C.ndim != 2 or X.ndim != 2 or C.shape[1] != X.shape[0]:
         raise ValueError(
             f"couplings of shape {tuple(C.shape)} cannot be applied to X of shape {tuple(X.shape)}: "

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import time
 import zipfile
 from dataclasses import asdict, dataclass
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import numpy
 
-from . import __version__, backend
+from . import backend
 from .atomic import save_npz
 from .errors import UserError
 from .models import Model, build_model
@@ -58,15 +57,6 @@ class TrainSettings:
     @classmethod
     def from_config(cls, section: dict) -> "TrainSettings":
         return cls(**{k: section[k] for k in cls.__dataclass_fields__ if k in section})
-
-
-def versions() -> dict:
-    """Versions of what computed the numbers."""
-    found = {"nca_np": __version__, "python": platform.python_version(), "numpy": numpy.__version__,
-             "backend": backend.name()}
-    if backend.name() == "cupy":
-        found["cupy"] = backend.xp().__version__
-    return found
 
 
 def _meta_array(meta: dict) -> numpy.ndarray:
@@ -227,7 +217,7 @@ def train(kind: str, source, run_dir, *, settings: TrainSettings, seed: int,
                 "history": history, "schedule": schedule.state_dict(),
                 "adam": {k: v for k, v in optimizer.state_dict().items() if k not in ("m", "v")},
                 "rng_state": rng.bit_generator.state, "settings": asdict(settings), "frame_storage": storage,
-                "config": config, "versions": versions()}
+                "config": config, "versions": backend.versions()}
         save_state(checkpoint, model, meta, optimizer=optimizer, scaler_state=scaler_state)
         if log:
             log(f"{kind} seed {seed}: epoch {epoch + 1} loss {mean_loss:.6g} lr {lr_used:.3g} "

@@ -33,14 +33,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import platform
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 import numpy
 
-from .. import __version__
+from .. import backend
 from ..atomic import atomic_open, write_json
 from ..errors import ConfigError, DataError
 from ..features import Scaler, StftSettings, stft_magnitude
@@ -310,16 +308,6 @@ def _prepare_test_track(plan: _Plan, folder: Path, index: int, ref, previews: di
     return marker
 
 
-def _package_versions() -> dict:
-    versions = {"python": platform.python_version(), "nca_np": __version__}
-    for package in ("numpy", "scipy", "soundfile", "musdb", "stempeg"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return versions
-
-
 def _manifest(plan: _Plan, train_markers: list, test_markers: list) -> dict:
     return {
         "key": plan.key,
@@ -332,7 +320,7 @@ def _manifest(plan: _Plan, train_markers: list, test_markers: list) -> dict:
         "test": [{"index": i, **marker} for i, marker in enumerate(test_markers)],
         "n_train_frames": int(sum(marker["n_frames"] for marker in train_markers)),
         "created": {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "versions": _package_versions()},
+                    "versions": backend.versions("scipy", "soundfile", "musdb", "stempeg")},
     }
 
 
