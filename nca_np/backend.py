@@ -157,6 +157,25 @@ def rng(seed: int, stream: int | None = None) -> numpy.random.Generator:
     return numpy.random.Generator(numpy.random.PCG64(entropy))
 
 
+def stream_key(*names) -> int:
+    """A stream number for :func:`rng` derived from names, not positions.
+
+    ``rng(seed, stream_key("couplings", kind, segment))`` gives every unit of
+    work a stream of its own that stays the same when other kinds,
+    strategies or segments are added (a position in a list would shift).
+
+    Args:
+        names: strings or integers, joined in order.
+
+    Returns:
+        A 63-bit integer (SHA-256 of the names).
+    """
+    import hashlib
+
+    text = "\x1f".join(str(name) for name in names)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
+
+
 def synchronize(module=None) -> None:
     """Wait for queued device work (a no-op on NumPy); used around timers."""
     module = module if module is not None else xp()

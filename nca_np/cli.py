@@ -23,6 +23,7 @@ from pathlib import Path
 from . import backend, experiment
 from .config import load_profile
 from .errors import UserError
+from .models import kind_names
 
 STAGE_HELP = {
     "synth": "generate the built-in synthetic corpus (used by the demo profile)",
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help="do only every N-th unit of work, starting at I (0-based), "
                                   "e.g. --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT")
         if name in ("train", "couplings"):
-            sub.add_argument("--kinds", nargs="+", choices=["dae", "mss-dae", "sf"], default=None,
+            sub.add_argument("--kinds", nargs="+", choices=kind_names(), default=None,
                              help="only these models")
         if name == "train":
             sub.add_argument("--runs", nargs="+", type=int, default=None, help="only these run numbers")
@@ -104,7 +105,8 @@ def run(args) -> int:
     elif args.command == "report":
         experiment.report_stage(ws, log=_log)
     elif args.plan:
-        print(experiment.plan(ws))
+        from .plan import plan
+        print(plan(ws))
         return 0
     else:
         report = experiment.reproduce(ws, musdb_root=args.musdb_root, shard=shard, progress=progress, log=_log)

@@ -17,6 +17,8 @@ import tomllib
 from pathlib import Path
 
 from .errors import ConfigError
+from .models import kind_names
+from .nca import strategy_names
 
 #: Where the shipped profiles live (the repository's ``configs/``).
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -82,7 +84,7 @@ RULES = {
     "data.synth_test_tracks": (_positive, "positive"),
     "data.synth_seconds": (_positive, "positive"),
     "data.synth_test_seconds": (_positive, "positive"),
-    "train.kinds": (_subset("dae", "mss-dae", "sf"), "a list of distinct kinds from dae, mss-dae, sf"),
+    "train.kinds": (lambda v: _subset(*kind_names())(v), lambda: f"a list of distinct kinds from {', '.join(kind_names())}"),
     "train.runs": (_positive, "positive"),
     "train.batch_size": (_positive, "positive"),
     "train.learning_rate": (_positive, "positive"),
@@ -93,12 +95,27 @@ RULES = {
     "train.patience_stop": (_positive, "positive"),
     "train.max_epochs": (_positive, "positive"),
     "train.dtype": (_choices("float32", "float64"), "'float32' or 'float64'"),
-    "nca.strategies": (_subset("student", "compositional"), "a list from student, compositional"),
+    "nca.strategies": (lambda v: _subset(*strategy_names())(v), lambda: f"a list from {', '.join(strategy_names())}"),
     "nca.segment_frames": (_positive, "positive"),
     "nca.iterations": (_positive, "positive"),
     "nca.learning_rate": (_positive, "positive"),
     "nca.composition": (_choices("paper", "authors-code"), "'paper' or 'authors-code'"),
 }
+
+
+#: Settings with no constraint beyond their type (checked by overrides).
+FREE_KEYS = ("data.root", "data.is_wav", "data.synth_seed", "train.seed", "nca.seed")
+
+
+def _check_known_keys(config: dict) -> None:
+    """Every section holds only known keys, so a typo in a profile is an
+    error (as it is in an override), never a silently ignored value."""
+    known = set(RULES) | set(FREE_KEYS)
+    for section in SECTIONS[2:]:
+        unknown = sorted(key for key in config[section] if f"{section}.{key}" not in known)
+        if unknown:
+            expected = sorted(k.split(".", 1)[1] for k in known if k.startswith(section + "."))
+            raise ConfigError(f"[{section}] unknown key(s) {', '.join(unknown)}: expected {', '.join(expected)}")
 
 
 def validate(config: dict) -> None:
@@ -111,12 +128,14 @@ def validate(config: dict) -> None:
     from .features import StftSettings
 
     StftSettings.from_config(config["stft"])
+    _check_known_keys(config)
     for dotted, (holds, wanted) in RULES.items():
         section, key = dotted.split(".")
         if key not in config[section]:
             raise ConfigError(f"setting {dotted} is missing from the profile")
         value = config[section][key]
         if not holds(value):
+            wanted = wanted() if callable(wanted) else wanted
             raise ConfigError(f"setting {dotted} = {value!r} is invalid: it must be {wanted}")
 
 

@@ -126,19 +126,22 @@ def _host_array(array) -> numpy.ndarray:
     return numpy.asarray(array)
 
 
-def to_mono(audio) -> numpy.ndarray:
-    """Average the channels (MATH.md §1.1).
+def to_mono(audio, dtype=numpy.float32) -> numpy.ndarray:
+    """Average the channels (MATH.md §1.1): the project's one downmix.
 
     Args:
         audio: ``(n,)`` mono or ``(n, channels)`` samples as rows (the layout
             soundfile and musdb return).
+        dtype: of the result; float64 also sums in float64 (the
+            activation-confidence excerpts need it).
 
     Returns:
-        ``(n,)`` float32.
+        ``(n,)`` array of ``dtype``.
     """
     audio = _host_array(audio)
+    dtype = numpy.dtype(dtype)
     if audio.ndim == 1:
-        return audio.astype(numpy.float32)
+        return audio.astype(dtype)
     if audio.ndim != 2:
         raise ValueError(f"audio must be (n,) or (n, channels), got shape {audio.shape}")
     if audio.shape[1] > 16:
@@ -146,10 +149,11 @@ def to_mono(audio) -> numpy.ndarray:
             f"audio of shape {audio.shape} looks channels-first: pass (n_samples, n_channels), e.g. audio.T"
         )
     # A running sum over columns: much faster than mean(axis=1) on (n, 2).
-    total = audio[:, 0].astype(numpy.float64 if audio.dtype == numpy.float64 else numpy.float32)
+    wide = numpy.float64 in (audio.dtype, dtype)
+    total = audio[:, 0].astype(numpy.float64 if wide else numpy.float32)
     for channel in range(1, audio.shape[1]):
         total += audio[:, channel]
-    return (total / audio.shape[1]).astype(numpy.float32, copy=False)
+    return (total / audio.shape[1]).astype(dtype, copy=False)
 
 
 def _real_dtype(complex_dtype) -> numpy.dtype:

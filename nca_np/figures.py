@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from . import metrics
+from .models import model_kind
 from .atomic import atomic_open
 
 FIGURE_FILES = {
@@ -262,7 +263,7 @@ def _target_pair(figure, axes, target, kind: str, name: str, sample_rate, n_fft)
     """Two Figure 3 panels: the (F, T) target V in full and zoomed on its
     lowest bins, or "not available" when ``target`` is None."""
     full, zoom = axes
-    label = f"{name}: V ({'mask' if kind == 'sf' else 'decoder output'})"
+    label = f"{name}: V ({'mask' if model_kind(kind).masks_input else 'decoder output'})"
     if target is None:
         _show_missing(axes, (label, label), "not available")
         return

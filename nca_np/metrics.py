@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from . import backend
-from .models import KINDS
+from .models import model_kind
 
 
 def tod_r(C) -> float:
@@ -76,24 +76,23 @@ def reconstruct(kind: str, C, X):
 
     .. math::
         Ŷ(C) = C X          (DAE, MSS-DAE: C maps the mixture to the estimate)
-        Ŷ(C) = X ⊙ (C X)    (SF: C X approximates the mask)
+        Ŷ(C) = X ⊙ (C X)    (SF, any kind that masks its input: C X approximates the mask)
 
     Args:
-        kind: "dae", "mss-dae" or "sf".
+        kind: a registered model kind; its ``masks_input`` decides the form.
         C: (F, F) couplings.
         X: (F, T) mixture magnitudes, frames as columns.
 
     Returns:
         (F, T) array in the module and dtype of the inputs.
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown model kind {kind!r}: use one of {', '.join(KINDS)}")
+    masks_input = model_kind(kind).masks_input
     if C.ndim != 2 or X.ndim != 2 or C.shape[1] != X.shape[0]:
         raise ValueError(
             f"couplings of shape {tuple(C.shape)} cannot be applied to X of shape {tuple(X.shape)}: "
             "X must be (F, T), frames as columns"
         )
     estimate = C @ X
-    if kind == "sf":
+    if masks_input:
         estimate *= X
     return estimate

@@ -10,9 +10,12 @@ assigning a new array into it (or writing into one) changes the model.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy
 
 from . import backend
+from .errors import UserError
 from .layers import (
     dense_relu_backward,
     dense_relu_forward,
@@ -22,9 +25,68 @@ from .layers import (
     mse_forward,
 )
 
-#: Number of dense+ReLU layers of each model kind (Eqs. 4–9).
-DEPTHS = {"dae": 2, "mss-dae": 4, "sf": 2}
-KINDS = tuple(DEPTHS)
+
+@dataclass(frozen=True)
+class ModelKind:
+    """Everything the project needs to know about one kind of model.
+
+    Attributes:
+        name: the name used in configurations, folders and the command line.
+        n_layers: number of ``F×F`` dense+ReLU layers, encoder first.
+        masks_input: True when the decoder output is a mask applied to the
+            input (``ŷ = x ⊙ m``, skip filtering); False when it is the
+            estimate itself.
+        display_name: the name tables and figures show.
+        equations: where the paper defines it.
+    """
+
+    name: str
+    n_layers: int
+    masks_input: bool
+    display_name: str
+    equations: str = ""
+
+
+class UnknownKind(UserError, ValueError):
+    """A model kind that is not in :data:`MODEL_KINDS`."""
+
+
+#: The registry of model kinds: a new kind is declared here, once, with
+#: :func:`register_kind`; configuration, command line, NCA, report and
+#: figures all read it.
+MODEL_KINDS: dict[str, ModelKind] = {}
+
+
+def register_kind(kind: ModelKind) -> ModelKind:
+    """Add a model kind to the registry (a name may be declared only once)."""
+    if kind.name in MODEL_KINDS:
+        raise ValueError(f"model kind {kind.name!r} is already registered")
+    if kind.n_layers < 1:
+        raise ValueError(f"model kind {kind.name!r} needs at least one layer")
+    MODEL_KINDS[kind.name] = kind
+    return kind
+
+
+register_kind(ModelKind("dae", 2, False, "DAE", "Eqs. 4–5"))
+register_kind(ModelKind("mss-dae", 4, False, "MSS-DAE", "Eqs. 6–7"))
+register_kind(ModelKind("sf", 2, True, "SF", "Eqs. 8–9"))
+
+
+def kind_names() -> tuple[str, ...]:
+    """The registered kinds' names, in the order they were declared."""
+    return tuple(MODEL_KINDS)
+
+
+def model_kind(name: str) -> ModelKind:
+    """The registered kind called ``name``.
+
+    Raises:
+        UnknownKind: one line listing the known kinds.
+    """
+    try:
+        return MODEL_KINDS[name]
+    except (KeyError, TypeError):
+        raise UnknownKind(f"unknown model kind {name!r}: use one of {', '.join(kind_names())}") from None
 
 
 def glorot_normal(rng: numpy.random.Generator, n_out: int, n_in: int) -> numpy.ndarray:
@@ -36,17 +98,18 @@ class Model:
     """A stack of ``F×F`` dense+ReLU layers; for SF, a mask on the input.
 
     Attributes:
-        kind: "dae", "mss-dae" or "sf".
+        kind: a registered kind's name ("dae", "mss-dae", "sf", …).
+        spec: its :class:`ModelKind`.
         params: ``[W_1, b_1, …, W_L, b_L]``, encoder first.
     """
 
     def __init__(self, kind: str, params: list):
-        if kind not in DEPTHS:
-            raise ValueError(f"unknown model kind {kind!r}: use one of {', '.join(KINDS)}")
-        if len(params) != 2 * DEPTHS[kind]:
-            raise ValueError(f"a {kind} model has {DEPTHS[kind]} layers, i.e. "
-                             f"{2 * DEPTHS[kind]} parameters; got {len(params)}")
+        spec = model_kind(kind)
+        if len(params) != 2 * spec.n_layers:
+            raise ValueError(f"a {kind} model has {spec.n_layers} layers, i.e. "
+                             f"{2 * spec.n_layers} parameters; got {len(params)}")
         self.kind = kind
+        self.spec = spec
         self.params = params
 
     @property
@@ -101,7 +164,7 @@ class Model:
         """The estimated vocals magnitude ŷ (B, F) (Eqs. 5, 7, 9)."""
         X = self._as_input(X)
         v, _ = self._forward(X)
-        return mask_forward(X, v)[0] if self.kind == "sf" else v
+        return mask_forward(X, v)[0] if self.spec.masks_input else v
 
     def loss_and_grads(self, X, Y, out=None):
         """MSE loss (Eq. 3) and its gradient for every parameter.
@@ -121,7 +184,7 @@ class Model:
         """
         X, Y = self._as_input(X), self._as_input(Y)
         v, caches = self._forward(X)
-        if self.kind == "sf":
+        if self.spec.masks_input:
             y_hat, mask_cache = mask_forward(X, v)
             loss, mse_cache = mse_forward(y_hat, Y)
             delta = mask_backward(mse_backward(mse_cache), mask_cache)
@@ -145,20 +208,19 @@ def build_model(kind: str, n_freq: int, *, seed: int = 0, dtype=numpy.float32, m
     seed gives the same initial weights on CPU and GPU.
 
     Args:
-        kind: "dae", "mss-dae" or "sf".
+        kind: a registered kind's name ("dae", "mss-dae", "sf", …).
         n_freq: F, the width of every layer.
         seed: seed of the initialisation.
         dtype: parameter dtype (float32 for training, float64 for checks).
         module: array module (default ``backend.xp()``).
     """
-    if kind not in DEPTHS:
-        raise ValueError(f"unknown model kind {kind!r}: use one of {', '.join(KINDS)}")
+    spec = model_kind(kind)
     if int(n_freq) < 1:
         raise ValueError(f"n_freq must be a positive number of bins, got {n_freq}")
     module = module if module is not None else backend.xp()
     rng = backend.rng(seed)
     params = []
-    for _ in range(DEPTHS[kind]):
+    for _ in range(spec.n_layers):
         W = glorot_normal(rng, n_freq, n_freq).astype(dtype)
         params.append(backend.to_device(W, module))
         params.append(module.zeros(n_freq, dtype=dtype))

@@ -32,7 +32,6 @@ from .errors import UserError
 from .models import glorot_normal
 from .optim import Adam
 
-STRATEGIES = ("student", "compositional")
 COMPOSITIONS = ("paper", "authors-code")
 
 
@@ -419,6 +418,101 @@ def _model_segment(model, X):
     return X.astype(dtype, copy=False), module
 
 
+@dataclass
+class _Fitting:
+    """What one strategy hands the common fitting loop of :func:`fit_couplings`.
+
+    Attributes:
+        params: the unknowns Adam updates in place (``[C]`` or ``[P_1, …, P_L]``).
+        loss_and_grads: ``() -> (E, grads)`` at the current ``params``.
+        result: ``() -> (C, Ps)``, the couplings of the current ``params``.
+    """
+
+    params: list
+    loss_and_grads: Callable[[], tuple]
+    result: Callable[[], tuple]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One NCA strategy, declared once in :data:`STRATEGIES`.
+
+    Attributes:
+        name: the name used in configurations and unit files.
+        label: what tables and figures call it.
+        start: ``(model, X, V, generator, composition) -> _Fitting``: draws
+            the initial unknowns from ``generator`` and returns the step.
+        equations: where the paper defines it.
+    """
+
+    name: str
+    label: str
+    start: Callable
+    equations: str = ""
+
+
+def _start_student(model, X, V, generator, composition) -> _Fitting:
+    """``C`` itself is the unknown (Eqs. 15–16), Glorot-initialised."""
+    module = backend.array_module(X)
+    C = _glorot_couplings(X.shape[0], generator, X.dtype, module)
+    grad = module.empty_like(C)
+
+    def loss_and_grads():
+        loss, dC = _student_step(C, X, V, grad_out=grad)
+        return loss, [dC]
+
+    return _Fitting([C], loss_and_grads, lambda: (C, []))
+
+
+def _start_compositional(model, X, V, generator, composition) -> _Fitting:
+    """One unknown ``P_l`` per layer (Eqs. 17–21), each Glorot-initialised,
+    encoder first."""
+    weights, biases = list(model.weights), list(model.biases)
+    _check_layers(weights, biases)
+    module = backend.array_module(X)
+    Ps = [_glorot_couplings(X.shape[0], generator, X.dtype, module) for _ in weights]
+    augmented = [augment(W, b, composition) for W, b in zip(weights, biases)]
+    buffers = _StepBuffers.allocate(Ps[0], len(Ps))
+
+    def loss_and_grads():
+        return _compositional_step(weights, augmented, Ps, X, V, composition, buffers)
+
+    def result():
+        return compose(weights, biases, Ps, composition=composition), list(Ps)
+
+    return _Fitting(Ps, loss_and_grads, result)
+
+
+#: The registry of NCA strategies: a new strategy is declared here, once,
+#: with :func:`register_strategy`; configuration, experiment and report read it.
+STRATEGIES: dict[str, Strategy] = {}
+
+
+def register_strategy(strategy: Strategy) -> Strategy:
+    """Add a strategy to the registry (a name may be declared only once)."""
+    if strategy.name in STRATEGIES:
+        raise ValueError(f"NCA strategy {strategy.name!r} is already registered")
+    STRATEGIES[strategy.name] = strategy
+    return strategy
+
+
+register_strategy(Strategy("student", "NCA student", _start_student, "Eqs. 15–16"))
+register_strategy(Strategy("compositional", "NCA compositional", _start_compositional, "Eqs. 17–21"))
+
+
+def strategy_names() -> tuple[str, ...]:
+    """The registered strategies' names, in the order they were declared."""
+    return tuple(STRATEGIES)
+
+
+def get_strategy(name: str) -> Strategy:
+    """The registered strategy called ``name``; one line listing the known ones if none."""
+    try:
+        return STRATEGIES[name]
+    except (KeyError, TypeError):
+        raise CouplingsError(f"unknown NCA strategy {name!r}: use one of {', '.join(strategy_names())}") from None
+
+
 def fit_couplings(
     model,
     X,
@@ -455,46 +549,21 @@ def fit_couplings(
     Returns:
         :class:`CouplingsFit`.
     """
-    if strategy not in STRATEGIES:
-        raise CouplingsError(f"unknown strategy {strategy!r}: use 'student' or 'compositional'")
+    spec = get_strategy(strategy)
     _check_composition(composition)
     if iterations < 1:
         raise CouplingsError(f"iterations is {iterations}: it must be at least 1")
     X, module = _model_segment(model, X)
-    weights, biases = list(model.weights), list(model.biases)
-    if strategy == "compositional":
-        _check_layers(weights, biases)
     # contiguous, so each iteration's C X − V reads it with unit stride
     V = module.ascontiguousarray(model.decoder_output(X.T).T)
-    n_freq, dtype = X.shape[0], X.dtype
-    generator = backend.rng(seed)
-    losses = module.empty(iterations, dtype=dtype)
-
-    if strategy == "student":
-        params = [_glorot_couplings(n_freq, generator, dtype, module)]
-        grad = module.empty_like(params[0])
-
-        def loss_and_grads():
-            loss, dC = _student_step(params[0], X, V, grad_out=grad)
-            return loss, [dC]
-
-    else:
-        params = [_glorot_couplings(n_freq, generator, dtype, module) for _ in weights]
-        augmented = [augment(W, b, composition) for W, b in zip(weights, biases)]
-        buffers = _StepBuffers.allocate(params[0], len(params))
-
-        def loss_and_grads():
-            return _compositional_step(weights, augmented, params, X, V, composition, buffers)
-
-    optimizer = Adam(params, lr=lr)
+    fitting = spec.start(model, X, V, backend.rng(seed), composition)
+    losses = module.empty(iterations, dtype=X.dtype)
+    optimizer = Adam(fitting.params, lr=lr)
     for iteration in range(iterations):
-        loss, grads = loss_and_grads()
+        loss, grads = fitting.loss_and_grads()
         losses[iteration] = loss
         optimizer.step(grads)
         if callback is not None:
             callback(iteration, loss)
-
-    if strategy == "student":
-        return CouplingsFit(params[0], [], backend.to_host(losses), strategy, composition)
-    C = compose(weights, biases, params, composition=composition)
-    return CouplingsFit(C, list(params), backend.to_host(losses), strategy, composition)
+    C, Ps = fitting.result()
+    return CouplingsFit(C, Ps, backend.to_host(losses), strategy, composition)

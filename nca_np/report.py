@@ -42,12 +42,11 @@ import numpy
 from . import backend, metrics
 from .atomic import write_json, write_text
 from .errors import UserError
+from .models import MODEL_KINDS
+from .nca import STRATEGIES, get_strategy, strategy_names
 from .figures import (CLIP_PERCENTILE, DPI, FIGURE_FILES, ZOOM_CLIP_PERCENTILE, ZOOM_HZ, write_figures,
                       zoom_bins)
 
-DISPLAY_NAMES = {"dae": "DAE", "mss-dae": "MSS-DAE", "sf": "SF"}
-STRATEGY_LABELS = {"student": "NCA student", "compositional": "NCA compositional"}
-KNOWN_STRATEGIES = tuple(STRATEGY_LABELS)
 COMPOSITION_READINGS = {
     "paper": "Couplings composed with the paper's reading (W ⊕ b = W + b1ᵀ, Z = P(W ⊕ b)ᵀ)",
     "authors-code": "Couplings composed with the authors'-code reading (M = W + 1bᵀ, Z = M Pᵀ)",
@@ -125,12 +124,12 @@ def _field(unit: dict, path: tuple) -> float:
 def _table_columns(table: str, strategies) -> list[tuple[str, str, tuple]]:
     """(key, label, path in a unit) of each column of one table."""
     if table == TABLE1:
-        return [(s, STRATEGY_LABELS[s], ("strategies", s, "tod_r")) for s in strategies]
+        return [(s, strategy_label(s), ("strategies", s, "tod_r")) for s in strategies]
     if table == TABLE2:
-        return ([(s, STRATEGY_LABELS[s], ("strategies", s, "snr_model_db")) for s in strategies]
+        return ([(s, strategy_label(s), ("strategies", s, "snr_model_db")) for s in strategies]
                 + [("linear", "linear composition", ("baselines", "linear", "snr_model_db")),
                    ("identity", "identity", ("baselines", "identity", "snr_model_db"))])
-    return ([(s, STRATEGY_LABELS[s], ("strategies", s, "snr_true_db")) for s in strategies]
+    return ([(s, strategy_label(s), ("strategies", s, "snr_true_db")) for s in strategies]
             + [("model_output", "model output", ("model_snr_true_db",))])
 
 
@@ -158,8 +157,15 @@ def _summarise_table(table: str, by_kind: dict, kinds, strategies) -> dict:
 
 
 def display_name(kind: str) -> str:
-    """"DAE", "MSS-DAE", "SF" for the model kinds, the kind itself otherwise."""
-    return DISPLAY_NAMES.get(kind, kind)
+    """The registered kind's display name ("DAE", "MSS-DAE", "SF"), the
+    name itself for a kind that is not registered."""
+    spec = MODEL_KINDS.get(kind)
+    return spec.display_name if spec is not None else kind
+
+
+def strategy_label(strategy: str) -> str:
+    """The registered strategy's label ("NCA student", …)."""
+    return get_strategy(strategy).label
 
 
 # ------------------------------------------------------------- validation
@@ -170,12 +176,12 @@ def _check_kinds_strategies(kinds, strategies) -> None:
         raise ReportError("no model kinds to report: pass kinds, e.g. ['dae', 'mss-dae', 'sf']")
     if len(set(kinds)) != len(kinds):
         raise ReportError(f"kinds lists a model twice: {list(kinds)}")
-    unknown = [s for s in strategies if s not in KNOWN_STRATEGIES]
+    unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
-        raise ReportError(f"unknown NCA strategy {unknown[0]!r}: use a subset of {list(KNOWN_STRATEGIES)}")
+        raise ReportError(f"unknown NCA strategy {unknown[0]!r}: use a subset of {list(strategy_names())}")
     if not strategies:
         raise ReportError("no NCA strategy to report: pass strategies, a subset of "
-                          f"{list(KNOWN_STRATEGIES)}")
+                          f"{list(strategy_names())}")
     if len(set(strategies)) != len(strategies):
         raise ReportError(f"strategies lists a strategy twice: {list(strategies)}")
 
@@ -479,7 +485,7 @@ def _best_loss(run) -> float:
 
 def _nca_time_table(units, kinds, strategies) -> str:
     """Per model and strategy: seconds of NCA per segment."""
-    header = ["Model"] + [f"{STRATEGY_LABELS[s]}: s per segment, mean (std)" for s in strategies]
+    header = ["Model"] + [f"{strategy_label(s)}: s per segment, mean (std)" for s in strategies]
     rows = []
     for kind in kinds:
         of_kind = [u for u in units if u["kind"] == kind]

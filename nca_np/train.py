@@ -56,6 +56,10 @@ class TrainSettings:
 
     @classmethod
     def from_config(cls, section: dict) -> "TrainSettings":
+        """The run's values from a ``[train]`` table; its other keys (kinds,
+        runs, seed) belong to the experiment. Unknown keys are rejected when
+        the profile is loaded (:func:`nca_np.config.validate`), as for every
+        section."""
         return cls(**{k: section[k] for k in cls.__dataclass_fields__ if k in section})
 
 

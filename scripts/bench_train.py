@@ -26,7 +26,7 @@ import tracemalloc
 import numpy
 
 from nca_np import backend
-from nca_np.models import DEPTHS, KINDS, build_model
+from nca_np.models import build_model, kind_names, model_kind
 from nca_np.optim import Adam
 
 ADAM_BYTES_PER_PARAM = 7 * 4
@@ -126,10 +126,10 @@ def main(argv=None) -> int:
     header = f"{'model':8} {'step ms':>8} {'bound ms':>9} {'ratio':>6} {'frames/s':>9} {'weights MB':>10} {'peak extra MB':>13}"
     print(header)
     print("-" * len(header))
-    for kind in KINDS:
+    for kind in kind_names():
         step, n_params = step_function(kind, module, args.freq, args.batch)
         step_s = timed(step, repeats=args.repeats, module=module)
-        bound_s = (matmul_bound(module, DEPTHS[kind], args.freq, args.batch, repeats=args.repeats)
+        bound_s = (matmul_bound(module, model_kind(kind).n_layers, args.freq, args.batch, repeats=args.repeats)
                    + ADAM_BYTES_PER_PARAM * n_params / bandwidth)
         peak = peak_step_memory(step, module)
         print(f"{kind:8} {step_s * 1e3:8.1f} {bound_s * 1e3:9.1f} {bound_s / step_s:6.2f} "

@@ -39,7 +39,7 @@ from nca_np.gradcheck import (  # noqa: E402
     max_relative_error,
     numerical_gradient,
 )
-from nca_np.models import KINDS  # noqa: E402
+from nca_np.models import kind_names  # noqa: E402
 
 #: Threshold of the L1 (NCA) checks: E sums F·T absolute values, so float64
 #: rounding over a central difference is ~1e-8 absolute, up to ~1e-5
@@ -132,7 +132,7 @@ def compositional_checks(depth: int, composition: str):
 def all_checks():
     module = backend.xp()
     rows = [error_row(f"layer {name}", error, THRESHOLD) for name, error in check_layer_pairs(module=module)]
-    for kind in KINDS:
+    for kind in kind_names():
         rows += [error_row(f"model {name}", error, THRESHOLD)
                  for name, error in check_model_gradients(kind, module=module)]
     rows += student_checks()

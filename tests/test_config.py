@@ -1,6 +1,6 @@
 import pytest
 
-from nca_np.config import apply_overrides, config_hash, load_profile
+from nca_np.config import PROFILE_DIR, apply_overrides, config_hash, load_profile
 from nca_np.errors import ConfigError
 
 
@@ -55,3 +55,12 @@ def test_hash_follows_values_not_the_profile_name():
     renamed = apply_overrides(demo, ['profile.name="other"'])
     assert config_hash(renamed) == config_hash(demo)
     assert config_hash(apply_overrides(demo, ["nca.iterations=10"])) != config_hash(demo)
+
+
+@pytest.mark.parametrize("section", ["data", "train", "nca"])
+def test_a_typo_in_any_section_of_a_profile_is_an_error(tmp_path, section):
+    text = (PROFILE_DIR / "demo.toml").read_text().replace(f"[{section}]\n", f"[{section}]\nlearnig_rate = 1\n")
+    path = tmp_path / "typo.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"\[{section}\] unknown key\(s\) learnig_rate"):
+        load_profile(str(path))

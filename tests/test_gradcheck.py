@@ -7,7 +7,7 @@ import pytest
 
 from nca_np import gradcheck, layers
 from nca_np.gradcheck import THRESHOLD, check_layer_pairs, check_model_gradients
-from nca_np.models import DEPTHS, KINDS
+from nca_np.models import kind_names, model_kind
 
 
 def test_layer_pairs_match_finite_differences():
@@ -17,15 +17,15 @@ def test_layer_pairs_match_finite_differences():
         assert error < THRESHOLD, name
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", kind_names())
 def test_every_model_parameter_matches_finite_differences(kind):
     results = check_model_gradients(kind)
-    assert len(results) == 2 * DEPTHS[kind]
+    assert len(results) == 2 * model_kind(kind).n_layers
     for name, error in results:
         assert error < THRESHOLD, name
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", kind_names())
 def test_check_point_has_active_and_inactive_relus(kind):
     model, X, _ = gradcheck.model_check_point(kind)
     h = X
@@ -79,7 +79,7 @@ def test_checker_catches_a_missing_factor_of_two_in_the_loss(monkeypatch):
     assert errors["sf W_2"] == pytest.approx(1 / 3, rel=1e-3)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", kind_names())
 def test_checks_run_on_a_device_module(kind):
     from strict_xp import strict
     assert max(e for _, e in check_layer_pairs(module=strict)) < THRESHOLD

@@ -2,7 +2,7 @@ import numpy
 import pytest
 
 from nca_np import backend
-from nca_np.models import DEPTHS, KINDS, build_model
+from nca_np.models import build_model, kind_names, model_kind
 
 
 def _batch(module, n_freq=7, batch=4, seed=0, dtype=numpy.float32):
@@ -12,11 +12,11 @@ def _batch(module, n_freq=7, batch=4, seed=0, dtype=numpy.float32):
     return backend.to_device(X, module), backend.to_device(Y, module)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", kind_names())
 def test_structure_and_initialisation(kind):
     F = 300
     model = build_model(kind, F, seed=1)
-    assert len(model.params) == 2 * DEPTHS[kind]
+    assert len(model.params) == 2 * model_kind(kind).n_layers
     for W, b in zip(model.weights, model.biases):
         assert W.shape == (F, F) and b.shape == (F,)
         assert W.dtype == numpy.float32 and b.dtype == numpy.float32
@@ -27,7 +27,7 @@ def test_structure_and_initialisation(kind):
     assert not numpy.array_equal(model.weights[0], model.weights[1])
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", kind_names())
 def test_forward_matches_the_equations(kind, xp_module):
     model = build_model(kind, 7, seed=2, dtype=numpy.float64, module=xp_module)
     for b in model.biases:
@@ -47,7 +47,7 @@ def test_forward_matches_the_equations(kind, xp_module):
     assert [g.shape for g in grads] == [p.shape for p in model.params]
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", kind_names())
 def test_float32_stays_float32(kind, xp_module):
     model = build_model(kind, 7, module=xp_module)
     X, Y = _batch(xp_module, dtype=numpy.float64)  # float64 data is cast, not propagated

@@ -25,6 +25,7 @@ import scipy.special
 
 from ..atomic import atomic_open
 from ..errors import DataError
+from ..features import to_mono
 
 PREVIEWS_RESOURCE = "musdb18_30s_previews.csv"
 SOURCES = ("sisec2018", "activation-confidence", "whole-track")
@@ -89,16 +90,10 @@ def sisec_previews() -> dict[str, tuple[float, float]]:
 
 def _mono64(source, index: int) -> numpy.ndarray:
     """``(n,)`` float64 mono of one source: the mean of its channels."""
-    audio = numpy.asarray(source, dtype=numpy.float64)
-    if audio.ndim == 2:
-        # A running sum over columns: much faster than mean(axis=1) on (n, 2).
-        total = audio[:, 0].copy()
-        for channel in range(1, audio.shape[1]):
-            total += audio[:, channel]
-        return total / audio.shape[1]
-    if audio.ndim == 1:
-        return audio
-    raise ValueError(f"source {index} must be (n,) or (n, channels), got shape {audio.shape}")
+    try:
+        return to_mono(source, dtype=numpy.float64)
+    except ValueError as exc:
+        raise ValueError(f"source {index}: {exc}") from None
 
 
 def _matlab_hann(length: int) -> numpy.ndarray:
