@@ -23,22 +23,64 @@ def test_adam_two_steps_by_hand(xp_module):
     assert backend.to_host(adam.v[0])[0] == pytest.approx(0.00124975, rel=1e-14)
 
 
-def test_chunked_update_equals_the_formula_across_chunk_borders(monkeypatch):
+def test_textbook_step_gives_the_numbers_worked_by_hand():
+    p1, m, v = optim.adam_step_textbook(numpy.array([1.0]), numpy.array([0.5]), numpy.zeros(1), numpy.zeros(1),
+                                        1, 0.1, 0.9, 0.999, 1e-8)
+    assert p1[0] == pytest.approx(1.0 - 0.1 * 0.5 / (0.5 + 1e-8), abs=1e-15)
+    p2, m, v = optim.adam_step_textbook(p1, numpy.array([-1.0]), m, v, 2, 0.1, 0.9, 0.999, 1e-8)
+    assert m[0] == pytest.approx(-0.055, rel=1e-14) and v[0] == pytest.approx(0.00124975, rel=1e-14)
+    assert p2[0] == pytest.approx(p1[0] - 0.1 * (-0.055 / 0.19) / (numpy.sqrt(0.00124975 / 0.001999) + 1e-8),
+                                  abs=1e-15)
+
+
+#: Hyper-parameters of the oracle comparison: ε large enough that where it
+#: enters the update shows in the result.
+ORACLE_SETTINGS = {"lr": 0.01, "beta1": 0.8, "beta2": 0.99, "eps": 1e-3}
+
+
+def adam_against_textbook(steps=250, seed=0):
+    """Largest relative difference between :class:`Adam` and
+    :func:`optim.adam_step_textbook` over ``steps`` steps of random float64
+    gradients, for the parameters and both moments of two arrays."""
+    rng = backend.rng(seed)
+    params = [rng.normal(size=(5, 9)), rng.normal(size=7)]
+    reference = [(p.copy(), numpy.zeros_like(p), numpy.zeros_like(p)) for p in params]
+    adam = Adam(params, **ORACLE_SETTINGS)
+    for t in range(1, steps + 1):
+        scale = 10.0 ** rng.uniform(-3, 1)  # gradients of varying size
+        grads = [scale * rng.normal(size=p.shape) for p in params]
+        adam.step(grads)
+        reference = [optim.adam_step_textbook(theta, g, m, v, t, *ORACLE_SETTINGS.values())
+                     for (theta, m, v), g in zip(reference, grads)]
+    fast = [(p, m, v) for p, m, v in zip(params, adam.m, adam.v)]
+    return max(float(numpy.max(numpy.abs(a - b) / numpy.maximum(numpy.abs(b), 1e-300)))
+               for mine, theirs in zip(fast, reference) for a, b in zip(mine, theirs))
+
+
+def test_chunked_update_equals_the_textbook_step_over_many_steps(monkeypatch):
+    monkeypatch.setattr(optim, "CHUNK", 7)  # chunk borders inside both arrays
+    assert adam_against_textbook() < 1e-12
+
+
+def _swapped_decay_rates(correct):
+    def update(module, flat, start, stop, chunk, scratch, coefficients):
+        b1, b2, eps_scaled, step_scaled = coefficients
+        correct(module, flat, start, stop, chunk, scratch, (b2, b1, eps_scaled, step_scaled))
+    return update
+
+
+def _uncorrected_eps(correct):
+    def update(module, flat, start, stop, chunk, scratch, coefficients):
+        b1, b2, eps_scaled, step_scaled = coefficients
+        correct(module, flat, start, stop, chunk, scratch, (b1, b2, ORACLE_SETTINGS["eps"], step_scaled))
+    return update
+
+
+@pytest.mark.parametrize("plant", [_swapped_decay_rates, _uncorrected_eps], ids=["β1, β2 swapped", "ε not rescaled"])
+def test_the_textbook_comparison_catches_a_planted_mistake(monkeypatch, plant):
     monkeypatch.setattr(optim, "CHUNK", 7)
-    rng = backend.rng(0)
-    p = rng.normal(size=(5, 9))
-    start = p.copy()
-    grads = [rng.normal(size=(5, 9)) for _ in range(3)]
-    adam = Adam([p], lr=0.01, beta1=0.8, beta2=0.99, eps=1e-6)
-    m = numpy.zeros_like(p)
-    v = numpy.zeros_like(p)
-    ref = start.copy()
-    for t, g in enumerate(grads, start=1):
-        adam.step([g])
-        m = 0.8 * m + 0.2 * g
-        v = 0.99 * v + 0.01 * g * g
-        ref = ref - 0.01 * (m / (1 - 0.8 ** t)) / (numpy.sqrt(v / (1 - 0.99 ** t)) + 1e-6)
-    numpy.testing.assert_allclose(p, ref, rtol=1e-13, atol=1e-15)
+    monkeypatch.setattr(optim, "_update_range", plant(optim._update_range))
+    assert adam_against_textbook() > 1e-6  # a correct update differs by ~1e-15
 
 
 def test_float32_parameters_stay_float32():
