@@ -6,13 +6,31 @@ The relative error of an analytic gradient ``a`` against the numerical
 differences in float64 with ``h = 1e-6`` agree with a correct gradient to
 about 1e-8; a missing factor of 2 gives 1/3, a sign error 1, a transposed
 weight O(1). :data:`THRESHOLD` sits far between the two.
+
+Three groups of checks, each returning ``(name, max relative error)`` pairs:
+
+- the layer pairs of :mod:`nca_np.layers` (:func:`check_layer_pairs`);
+- every parameter of a model (:func:`check_model_gradients`);
+- the NCA (:func:`check_student_gradient`,
+  :func:`check_compositional_gradients`), whose loss is piecewise linear:
+  its check points keep every entry of ``C X − V`` and of every ``Z_l`` at
+  least :data:`MARGIN` from zero, with both signs present, so that the
+  differences never cross a kink while the signs and the ReLU gates are
+  really exercised (:func:`chain_is_fair`); and the fast NCA gradients
+  against the equations as written (:func:`compare_with_textbook`,
+  :func:`compare_student_with_textbook`).
+
+``scripts/gradcheck.py`` (``make gradcheck``) prints them all as a table;
+the tests assert them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy
 
-from . import backend
+from . import backend, nca, nca_textbook
 from .layers import (
     dense_backward,
     dense_forward,
@@ -29,6 +47,16 @@ from .models import build_model
 
 #: Default pass/fail threshold on the relative error.
 THRESHOLD = 1e-5
+#: Threshold of the NCA checks: E sums F·T absolute values, so float64
+#: rounding over a central difference is ~1e-8 absolute, up to ~1e-5
+#: relative on the smallest entries; a factor 2, a sign or a transpose gives
+#: 0.3 to 1.
+NCA_THRESHOLD = 1e-4
+#: Smallest distance of any entry of C X − V or Z_l from a kink at an NCA check point.
+MARGIN = 1e-3
+#: Threshold of a fast form against its textbook form, both exact in float64
+#: up to rounding (~1e-15).
+TEXTBOOK_THRESHOLD = 1e-10
 
 
 def numerical_gradient(f, x, *, h=1e-6) -> numpy.ndarray:
@@ -152,3 +180,152 @@ def check_model_gradients(kind, *, n_freq=6, batch=5, seed=0, module=numpy) -> l
         num = numerical_gradient(lambda: backend.to_float(model.loss_and_grads(X, Y)[0]), param)
         results.append((name, max_relative_error(grad, num)))
     return results
+
+
+# ---------------------------------------------------------------- the NCA
+
+
+@dataclass
+class NcaCheck:
+    """One NCA gradient check.
+
+    Attributes:
+        label: what was checked, e.g. "student" or "compositional paper L=2".
+        fair: whether the check point keeps every kink at least
+            :data:`MARGIN` away with both signs present (see :func:`is_fair`).
+        errors: ``[(name, max relative error), …]``, e.g. ``("dP_1", 3e-9)``.
+    """
+
+    label: str
+    fair: bool
+    errors: list
+
+
+def is_fair(array, *, margin: float = MARGIN) -> bool:
+    """Both signs present and every entry at least ``margin`` from zero."""
+    array = backend.to_host(array)
+    return bool((array < 0).any() and (array > 0).any() and numpy.abs(array).min() > margin)
+
+
+def student_check_point(*, seed=3, n_freq=8, n_frames=5, module=numpy):
+    """Float64 ``(C, X, V)`` on ``module`` with ``V = C X +`` noise of unit
+    size, so that ``C X − V`` has both signs. X is non-negative, like
+    magnitudes. Shapes (F, F), (F, T), (F, T), frames as columns."""
+    rng = backend.rng(seed)
+    C = rng.normal(0.0, 0.5, (n_freq, n_freq))
+    X = rng.uniform(0.1, 2.0, (n_freq, n_frames))
+    V = C @ X + rng.normal(0.0, 1.0, (n_freq, n_frames))
+    return tuple(backend.to_device(a, module) for a in (C, X, V))
+
+
+def chain_check_point(depth, composition, *, seed=0, n_freq=8, n_frames=5, module=numpy):
+    """A float64 NCA check point ``(weights, biases, Ps, X, V)`` of a depth-L chain.
+
+    ``W ~ N(0, 4/F)`` keeps the chain's scale about constant with depth; V is
+    ``C X`` (composed by :func:`nca_np.nca_textbook.compose`) plus noise of
+    its own size, so ``C X − V`` has both signs. Drawn on the host, then
+    moved to ``module``.
+    """
+    rng = backend.rng(seed)
+    F, T = n_freq, n_frames
+    weights = [rng.normal(0.0, 2.0 / F**0.5, (F, F)) for _ in range(depth)]
+    biases = [rng.normal(0.0, 0.3, F) for _ in range(depth)]
+    Ps = [rng.normal(0.0, 1.0 / F**0.5, (F, F)) for _ in range(depth)]
+    X = rng.uniform(0.1, 2.0, (F, T))  # magnitudes: non-negative
+    CX = nca_textbook.compose(weights, biases, Ps, composition) @ X
+    V = CX + rng.normal(0.0, float(CX.std()), (F, T))
+    weights, biases, Ps = ([backend.to_device(a, module) for a in group] for group in (weights, biases, Ps))
+    return weights, biases, Ps, backend.to_device(X, module), backend.to_device(V, module)
+
+
+def chain_is_fair(weights, biases, Ps, X, V, composition) -> bool:
+    """Every ``Z_l`` and ``C X − V`` of a chain is fair (:func:`is_fair`);
+    computed on host copies with :mod:`nca_np.nca_textbook`."""
+    weights, biases, Ps = ([backend.to_host(a) for a in group] for group in (weights, biases, Ps))
+    X, V = backend.to_host(X), backend.to_host(V)
+    if not all(is_fair(nca_textbook.pre_activation(W, b, P, composition)) for W, b, P in zip(weights, biases, Ps)):
+        return False
+    return is_fair(nca_textbook.compose(weights, biases, Ps, composition) @ X - V)
+
+
+def fair_chain_check_point(depth, composition, *, tries=50, n_freq=8, n_frames=5, module=numpy):
+    """The :func:`chain_check_point` of the first seed below ``tries`` that
+    :func:`chain_is_fair` accepts; the last one tried if none is (a check
+    made there reports ``fair`` False)."""
+    if tries < 1:
+        raise ValueError(f"tries is {tries}: at least one check point must be tried")
+    for seed in range(tries):
+        point = chain_check_point(depth, composition, seed=seed, n_freq=n_freq, n_frames=n_frames, module=module)
+        if chain_is_fair(*point, composition):
+            break
+    return point
+
+
+def check_student_gradient(*, seed=3, n_freq=8, n_frames=5, module=numpy) -> NcaCheck:
+    """``nca.student_loss_and_grad``'s ``dC`` (Eq. 16) against central
+    differences of its ``E`` at :func:`student_check_point`."""
+    C, X, V = student_check_point(seed=seed, n_freq=n_freq, n_frames=n_frames, module=module)
+    _, dC = nca.student_loss_and_grad(C, X, V)
+    numeric = numerical_gradient(lambda: backend.to_float(nca.student_loss_and_grad(C, X, V)[0]), C)
+    return NcaCheck("student", is_fair(C @ X - V), [("dC", max_relative_error(dC, numeric))])
+
+
+def check_compositional_gradients(depth, composition, *, n_freq=8, n_frames=5, module=numpy,
+                                  loss_and_grads=None) -> NcaCheck:
+    """Every ``∂E/∂P_l`` of a depth-L chain against central differences of
+    ``E``, at :func:`fair_chain_check_point`.
+
+    Args:
+        depth: L, the number of layers.
+        composition: "paper" or "authors-code".
+        loss_and_grads: the function under check, called like
+            :func:`nca_np.nca.compositional_loss_and_grads` (the default);
+            the tests pass wrong ones to show that the check fails.
+    """
+    loss_and_grads = loss_and_grads or nca.compositional_loss_and_grads
+    point = fair_chain_check_point(depth, composition, n_freq=n_freq, n_frames=n_frames, module=module)
+    _, dPs = loss_and_grads(*point, composition=composition)
+
+    def loss():
+        return backend.to_float(loss_and_grads(*point, composition=composition)[0])
+
+    errors = [(f"dP_{layer}", max_relative_error(dP, numerical_gradient(loss, P)))
+              for layer, (P, dP) in enumerate(zip(point[2], dPs), start=1)]
+    return NcaCheck(f"compositional {composition} L={depth}", chain_is_fair(*point, composition), errors)
+
+
+def compare_with_textbook(composition, *, seed=5, module=numpy, loss_and_grads=None) -> list[tuple[str, float]]:
+    """The fast two-layer compositional gradients against Eqs. 20–21 as
+    written (:func:`nca_np.nca_textbook.eq20_eq21_gradients`).
+
+    Args:
+        composition: reading of Eqs. 18–19.
+        seed: seed of the :func:`chain_check_point` (any point will do: both
+            sides are exact up to rounding).
+        module: array module of the fast form; the textbook runs on the host.
+        loss_and_grads: the function under comparison, called like (and by
+            default) :func:`nca_np.nca.compositional_loss_and_grads`.
+
+    Returns:
+        ``[(name, max relative error), …]`` for ``E``, ``dP_enc``, ``dP_dec``.
+    """
+    loss_and_grads = loss_and_grads or nca.compositional_loss_and_grads
+    point = chain_check_point(2, composition, seed=seed, module=module)
+    weights, biases, Ps = ([backend.to_host(a) for a in group] for group in point[:3])
+    E, (dP_enc, dP_dec) = loss_and_grads(*point, composition=composition)
+    E_ref, (dP_enc_ref, dP_dec_ref) = nca_textbook.eq20_eq21_gradients(
+        weights, biases, Ps, backend.to_host(point[3]), backend.to_host(point[4]), composition)
+    return [("E (Eq. 15)", max_relative_error(backend.to_float(E), E_ref)),
+            ("dP_enc (Eq. 21)", max_relative_error(dP_enc, dP_enc_ref)),
+            ("dP_dec (Eq. 20)", max_relative_error(dP_dec, dP_dec_ref))]
+
+
+def compare_student_with_textbook(*, seed=3, module=numpy) -> list[tuple[str, float]]:
+    """``nca.student_loss_and_grad`` against Eqs. 15–16 as written
+    (:func:`nca_np.nca_textbook.student_loss_and_gradient`) at
+    :func:`student_check_point`. Returns the errors of ``E`` and ``dC``."""
+    C, X, V = student_check_point(seed=seed, module=module)
+    E, dC = nca.student_loss_and_grad(C, X, V)
+    E_ref, dC_ref = nca_textbook.student_loss_and_gradient(*(backend.to_host(a) for a in (C, X, V)))
+    return [("E (Eq. 15)", max_relative_error(backend.to_float(E), E_ref)),
+            ("dC (Eq. 16)", max_relative_error(dC, dC_ref))]

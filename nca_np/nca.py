@@ -272,7 +272,9 @@ def compositional_loss_and_grads(weights, biases, Ps, X, V, *, composition: str 
     Neither ``C`` nor ``Δ`` is formed: ``Bef_l X`` is carried up the chain
     and ``Aft_lᵀ S`` down it, both (F, T), so the chain costs (3L − 1) F² T
     multiply–adds besides the 2L F³ of the ``Z_l`` and ``∂E/∂P_l`` products
-    (docs/gradients.md counts it).
+    (docs/gradients.md counts it). The two-layer case written out as
+    Eqs. 20–21, every matrix formed, is
+    :func:`nca_np.nca_textbook.eq20_eq21_gradients`.
 
     Args:
         weights: L arrays (F, F), encoder first.

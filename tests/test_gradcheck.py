@@ -1,6 +1,7 @@
 """Every layer pair and every parameter of every model against central
 finite differences in float64 — and proof that the checker catches the
-mistakes it is there for."""
+mistakes it is there for. The NCA's checks are exercised in test_nca.py;
+here, their check points and their run on a device module."""
 
 import numpy
 import pytest
@@ -84,3 +85,31 @@ def test_checks_run_on_a_device_module(kind):
     from strict_xp import strict
     assert max(e for _, e in check_layer_pairs(module=strict)) < THRESHOLD
     assert max(e for _, e in check_model_gradients(kind, module=strict)) < THRESHOLD
+
+
+def test_fairness_needs_both_signs_and_a_margin():
+    assert gradcheck.is_fair(numpy.array([-1.0, 0.5]))
+    assert not gradcheck.is_fair(numpy.array([1.0, 0.5]))  # one sign only: the sign is never exercised
+    assert not gradcheck.is_fair(numpy.array([-1.0, 0.5 * gradcheck.MARGIN]))  # too close to a kink
+
+
+@pytest.mark.parametrize("composition", ["paper", "authors-code"])
+def test_fair_chain_check_points_are_fair_and_seeded(composition):
+    point = gradcheck.fair_chain_check_point(4, composition)
+    again = gradcheck.fair_chain_check_point(4, composition)
+    assert gradcheck.chain_is_fair(*point, composition)
+    for first, second in zip(point[2], again[2]):
+        numpy.testing.assert_array_equal(first, second)
+    with pytest.raises(ValueError, match="at least one"):
+        gradcheck.fair_chain_check_point(2, composition, tries=0)
+
+
+def test_nca_checks_run_on_a_device_module():
+    from strict_xp import strict
+    student = gradcheck.check_student_gradient(module=strict)
+    chain = gradcheck.check_compositional_gradients(2, "authors-code", module=strict)
+    assert student.fair and chain.fair
+    assert max(e for _, e in student.errors + chain.errors) < gradcheck.NCA_THRESHOLD
+    written = gradcheck.compare_with_textbook("paper", module=strict) + gradcheck.compare_student_with_textbook(
+        module=strict)
+    assert max(e for _, e in written) < gradcheck.TEXTBOOK_THRESHOLD

@@ -1,15 +1,15 @@
-"""Tests of the neural couplings algorithm (nca_np.nca, MATH.md §4).
+"""Tests of the neural couplings algorithm (nca_np.nca, docs/method.md#nca).
 
-Gradient checks run in float64 at points where the loss is linear in a
-neighbourhood much wider than the finite-difference step: every entry of
-``C X − V`` and of every ``Z_l`` is at least ``MARGIN`` away from zero (the
-kinks of |·| and of the ReLU), while both signs occur, so the sign and the
-gate of the gradient are really exercised.
+The gradient checks live in :mod:`nca_np.gradcheck`: float64 central
+differences at check points where every entry of ``C X − V`` and of every
+``Z_l`` lies at least ``gradcheck.MARGIN`` from its kink while both signs
+occur, so that the sign and the ReLU gate of the gradient are exercised.
+The equations as the paper writes them (:mod:`nca_np.nca_textbook`) are the
+oracles of the fast forms.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import subprocess
 import sys
@@ -17,116 +17,32 @@ import sys
 import numpy
 import pytest
 
-from nca_np import backend, nca
-from nca_np.gradcheck import max_relative_error, numerical_gradient
+from nca_np import backend, gradcheck, nca, nca_textbook
+from nca_np.gradcheck import NCA_THRESHOLD, TEXTBOOK_THRESHOLD, chain_check_point
 from nca_np.models import build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-#: Pass threshold of the L1 gradient checks. E sums F·T absolute values, so
-#: float64 rounding over the 2h of a central difference is ~1e-8 absolute,
-#: i.e. up to ~1e-5 relative on the smallest gradient entries; the mistakes
-#: the check must catch (a factor 2, a sign, a transpose) give 0.3 to 1.
-THRESHOLD = 1e-4
-#: Smallest distance of any entry of C X − V or Z_l from zero at a check point.
-MARGIN = 1e-3
 
-
-# ------------------------------------------------------------ check points
-
-
-def pre_activation(W, b, P, composition):
-    """Z of Eq. 18 written from MATH.md's definitions, entry by entry for ⊕."""
-    F = W.shape[0]
-    added = numpy.empty_like(W)
-    for j in range(F):
-        for i in range(F):
-            # "paper": W ⊕ b adds b_j to row j (b added to every column);
-            # "authors-code": M adds b_i to column i (PyTorch broadcasting)
-            added[j, i] = W[j, i] + (b[j] if composition == "paper" else b[i])
-    return P @ added.T if composition == "paper" else added @ P.T
-
-
-def literal_gated(W, b, P, composition):
-    """W̃ = W ⊙ g(Z) (Eq. 19) from the literal Z."""
-    return W * numpy.maximum(pre_activation(W, b, P, composition), 0.0)
-
-
-def literal_compose(weights, biases, Ps, composition):
-    """C = W̃_L ⋯ W̃_1 (Eq. 17), W̃_1 rightmost."""
-    gated = [literal_gated(W, b, P, composition) for W, b, P in zip(weights, biases, Ps)]
-    return functools.reduce(lambda C, W_tilde: W_tilde @ C, gated[1:], gated[0])
-
-
-def chain_point(depth, composition, *, seed=0, n_freq=8, n_frames=5):
-    """A float64 check point (weights, biases, Ps, X, V) of a depth-L chain.
-
-    W ~ N(0, 4/F) keeps the chain's scale about constant with depth; V is
-    C X plus noise of its own size, so C X − V has both signs.
-    """
-    rng = backend.rng(seed)
-    F, T = n_freq, n_frames
-    weights = [rng.normal(0.0, 2.0 / F**0.5, (F, F)) for _ in range(depth)]
-    biases = [rng.normal(0.0, 0.3, F) for _ in range(depth)]
-    Ps = [rng.normal(0.0, 1.0 / F**0.5, (F, F)) for _ in range(depth)]
-    X = rng.uniform(0.1, 2.0, (F, T))  # magnitudes: non-negative
-    CX = literal_compose(weights, biases, Ps, composition) @ X
-    V = CX + rng.normal(0.0, float(CX.std()), (F, T))
-    return weights, biases, Ps, X, V
-
-
-def is_fair(array):
-    """Both signs present and every entry at least MARGIN from zero."""
-    return bool((array < 0).any() and (array > 0).any() and numpy.abs(array).min() > MARGIN)
-
-
-def fair_chain_point(depth, composition):
-    """The first seed's :func:`chain_point` at which every Z_l and C X − V is fair."""
-    for seed in range(50):
-        point = chain_point(depth, composition, seed=seed)
-        weights, biases, Ps, X, V = point
-        Zs = [pre_activation(W, b, P, composition) for W, b, P in zip(weights, biases, Ps)]
-        if all(map(is_fair, Zs)) and is_fair(literal_compose(weights, biases, Ps, composition) @ X - V):
-            return point
-    raise AssertionError(f"no fair check point for depth {depth}, {composition}")
-
-
-def assert_both_signs_away_from_zero(array, what):
-    assert (array < 0).any() and (array > 0).any(), f"{what} must have entries of both signs"
-    assert numpy.abs(array).min() > MARGIN, f"{what} has an entry within {MARGIN} of a kink"
-
-
-def assert_check_point_is_fair(weights, biases, Ps, X, V, composition):
-    for layer, (W, b, P) in enumerate(zip(weights, biases, Ps), start=1):
-        assert_both_signs_away_from_zero(pre_activation(W, b, P, composition), f"Z_{layer}")
-    C = literal_compose(weights, biases, Ps, composition)
-    assert_both_signs_away_from_zero(C @ X - V, "C X − V")
-
-
-def numeric_P_gradients(weights, biases, Ps, X, V, composition):
-    def loss():
-        return float(nca.compositional_loss_and_grads(weights, biases, Ps, X, V, composition=composition)[0])
-
-    return [numerical_gradient(loss, P) for P in Ps]
+def largest(errors):
+    """The largest error of ``[(name, error), …]``."""
+    return max(error for _, error in errors)
 
 
 # ------------------------------------------------------------ student
 
 
 def test_student_loss_and_gradient_match_eqs_15_16_and_finite_differences():
-    rng = backend.rng(3)
-    F, T = 7, 6
-    C = rng.normal(0.0, 0.5, (F, F))
-    X = rng.uniform(0.1, 2.0, (F, T))
-    V = C @ X + rng.normal(0.0, 1.0, (F, T))
-    assert_both_signs_away_from_zero(C @ X - V, "C X − V")
+    check = gradcheck.check_student_gradient()
+    assert check.fair
+    assert largest(check.errors) < NCA_THRESHOLD
 
+    C, X, V = gradcheck.student_check_point()
     E, dC = nca.student_loss_and_grad(C, X, V)
-
-    assert float(E) == pytest.approx(numpy.abs(V - C @ X).sum(), rel=1e-14)
-    numpy.testing.assert_allclose(dC, numpy.sign(C @ X - V) @ X.T, rtol=1e-14)
-    numeric = numerical_gradient(lambda: float(nca.student_loss_and_grad(C, X, V)[0]), C)
-    assert max_relative_error(dC, numeric) < THRESHOLD
+    E_written, dC_written = nca_textbook.student_loss_and_gradient(C, X, V)
+    assert float(E) == pytest.approx(E_written, rel=1e-14)
+    numpy.testing.assert_allclose(dC, dC_written, rtol=1e-14)
+    assert largest(gradcheck.compare_student_with_textbook()) < TEXTBOOK_THRESHOLD
 
 
 def test_student_sign_of_zero_residual_is_zero():
@@ -134,13 +50,12 @@ def test_student_sign_of_zero_residual_is_zero():
     X = numpy.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
     V = X.copy()
     V[0, 0] += 1.0  # one residual entry non-zero, the rest exactly zero
-
-    E, dC = nca.student_loss_and_grad(C, X, V)
-
-    assert float(E) == 1.0
     expected = numpy.zeros((3, 3))
     expected[0] = -X[:, 0]  # sign(C X − V) is −1 at (0, 0), 0 elsewhere
-    numpy.testing.assert_array_equal(dC, expected)
+
+    for E, dC in (nca.student_loss_and_grad(C, X, V), nca_textbook.student_loss_and_gradient(C, X, V)):
+        assert float(E) == 1.0
+        numpy.testing.assert_array_equal(dC, expected)
 
 
 # ------------------------------------------------------------ compositional
@@ -149,101 +64,99 @@ def test_student_sign_of_zero_residual_is_zero():
 @pytest.mark.parametrize("composition", nca.COMPOSITIONS)
 @pytest.mark.parametrize("depth", [2, 4])
 def test_compositional_gradients_match_finite_differences(depth, composition):
-    point = fair_chain_point(depth, composition)
-    assert_check_point_is_fair(*point, composition)
-
-    _, dPs = nca.compositional_loss_and_grads(*point, composition=composition)
-    numeric = numeric_P_gradients(*point, composition)
-
-    errors = [max_relative_error(a, n) for a, n in zip(dPs, numeric)]
-    assert max(errors) < THRESHOLD, f"relative errors per layer: {errors}"
-
-
-@pytest.mark.parametrize(
-    "mistake",
-    [
-        pytest.param(lambda dZ, A: (dZ @ A).T, id="transposed dP"),
-        pytest.param(lambda dZ, A: dZ.T @ A, id="other reading's dP"),
-        pytest.param(lambda dZ, A: 2.0 * (dZ @ A), id="extra factor 2"),
-        pytest.param(lambda dZ, A: -(dZ @ A), id="flipped sign"),
-    ],
-)
-def test_planted_gradient_mistakes_fail_the_check(monkeypatch, mistake):
-    point = fair_chain_point(2, "paper")
-    numeric = numeric_P_gradients(*point, "paper")  # before planting
-
-    def planted(dZ, augmented, composition, *, out):
-        out[...] = mistake(dZ, augmented)
-        return out
-
-    monkeypatch.setattr(nca, "_p_gradient", planted)
-    _, wrong = nca.compositional_loss_and_grads(*point, composition="paper")
-
-    assert max(max_relative_error(a, n) for a, n in zip(wrong, numeric)) > 0.3
-
-
-def test_missing_relu_gate_fails_the_check(monkeypatch):
-    point = fair_chain_point(2, "paper")
-    numeric = numeric_P_gradients(*point, "paper")
-    original = nca._gated_weights
-
-    def ungated(W, P, augmented, composition, *, gated_out, slope_out):
-        gated, _ = original(W, P, augmented, composition, gated_out=gated_out, slope_out=slope_out)
-        slope_out[...] = W  # slope W instead of W ⊙ g'(Z): the ReLU gate forgotten
-        return gated, slope_out
-
-    monkeypatch.setattr(nca, "_gated_weights", ungated)
-    _, wrong = nca.compositional_loss_and_grads(*point, composition="paper")
-
-    assert max(max_relative_error(a, n) for a, n in zip(wrong, numeric)) > 0.3
+    check = gradcheck.check_compositional_gradients(depth, composition)
+    assert check.fair
+    assert [name for name, _ in check.errors] == [f"dP_{layer}" for layer in range(1, depth + 1)]
+    assert largest(check.errors) < NCA_THRESHOLD, check.errors
 
 
 @pytest.mark.parametrize("composition", nca.COMPOSITIONS)
 def test_two_layer_gradients_equal_eqs_20_21_as_written(composition):
-    (W_enc, W_dec), (b_enc, b_dec), (P_enc, P_dec), X, V = chain_point(2, composition, seed=5)
-    Z_enc = pre_activation(W_enc, b_enc, P_enc, composition)
-    Z_dec = pre_activation(W_dec, b_dec, P_dec, composition)
-    W_enc_t = W_enc * numpy.maximum(Z_enc, 0.0)
-    W_dec_t = W_dec * numpy.maximum(Z_dec, 0.0)
-    Delta = numpy.sign(W_dec_t @ W_enc_t @ X - V) @ X.T
-    dZ_dec = (Delta @ W_enc_t.T) * W_dec * (Z_dec > 0)  # Eq. 20, inner bracket
-    dZ_enc = (W_dec_t.T @ Delta) * W_enc * (Z_enc > 0)  # Eq. 21, inner bracket
-    if composition == "paper":
-        dP_dec = dZ_dec @ (W_dec + b_dec[:, None])  # (W ⊕ b) = W + b 1ᵀ
-        dP_enc = dZ_enc @ (W_enc + b_enc[:, None])
-    else:
-        dP_dec = dZ_dec.T @ (W_dec + b_dec[None, :])  # dZᵀ M, M = W + 1 bᵀ
-        dP_enc = dZ_enc.T @ (W_enc + b_enc[None, :])
+    assert largest(gradcheck.compare_with_textbook(composition)) < TEXTBOOK_THRESHOLD
 
-    E, (got_enc, got_dec) = nca.compositional_loss_and_grads(
-        [W_enc, W_dec], [b_enc, b_dec], [P_enc, P_dec], X, V, composition=composition)
 
-    assert float(E) == pytest.approx(numpy.abs(V - W_dec_t @ W_enc_t @ X).sum(), rel=1e-13)
-    numpy.testing.assert_allclose(got_dec, dP_dec, rtol=1e-12, atol=1e-12)
-    numpy.testing.assert_allclose(got_enc, dP_enc, rtol=1e-12, atol=1e-12)
+@pytest.mark.parametrize("composition", nca.COMPOSITIONS)
+def test_eqs_20_21_as_written_match_finite_differences(composition):
+    """The oracle is checked on its own, so that it cannot share a mistake with the fast form."""
+    def written(weights, biases, Ps, X, V, *, composition):
+        return nca_textbook.eq20_eq21_gradients(weights, biases, Ps, X, V, composition)
+
+    check = gradcheck.check_compositional_gradients(2, composition, loss_and_grads=written)
+    assert check.fair and largest(check.errors) < NCA_THRESHOLD
+
+
+def with_mistake_in_every_dP(mistake):
+    """:func:`nca.compositional_loss_and_grads` with ``mistake`` applied to each ``∂E/∂P_l``."""
+    def loss_and_grads(*point, composition):
+        E, dPs = nca.compositional_loss_and_grads(*point, composition=composition)
+        return E, [mistake(dP) for dP in dPs]
+    return loss_and_grads
+
+
+def eqs_20_21_with_mistake(mistake):
+    """Eqs. 20–21 with one planted mistake: "gate forgotten" drops
+    ``g'(Z)`` from the brackets, "other reading" multiplies the bracket of
+    the paper's reading the authors'-code way, ``[·]ᵀ (W ⊕ b)``."""
+    def loss_and_grads(weights, biases, Ps, X, V, *, composition):
+        Zs = [nca_textbook.pre_activation(W, b, P, composition) for W, b, P in zip(weights, biases, Ps)]
+        (W_enc, W_dec), (Z_enc, Z_dec) = weights, Zs
+        W_enc_t, W_dec_t = W_enc * numpy.maximum(Z_enc, 0.0), W_dec * numpy.maximum(Z_dec, 0.0)
+        residual = W_dec_t @ W_enc_t @ X - V
+        Delta = numpy.sign(residual) @ X.T
+        gate_enc, gate_dec = (1.0, 1.0) if mistake == "gate forgotten" else (Z_enc > 0, Z_dec > 0)
+        brackets = [(W_dec_t.T @ Delta) * W_enc * gate_enc, (Delta @ W_enc_t.T) * W_dec * gate_dec]
+        augmented = [nca_textbook.augmented_weights(W, b, composition) for W, b in zip(weights, biases)]
+        if mistake == "other reading":
+            brackets = [bracket.T for bracket in brackets]
+        return float(numpy.abs(residual).sum()), [bracket @ A for bracket, A in zip(brackets, augmented)]
+    return loss_and_grads
+
+
+PLANTED = {
+    "transposed dP": with_mistake_in_every_dP(lambda dP: dP.T.copy()),
+    "extra factor 2": with_mistake_in_every_dP(lambda dP: 2.0 * dP),
+    "flipped sign": with_mistake_in_every_dP(lambda dP: -dP),
+    "ReLU gate forgotten": eqs_20_21_with_mistake("gate forgotten"),
+    "other reading's dP": eqs_20_21_with_mistake("other reading"),
+}
+
+
+@pytest.mark.parametrize("mistake", PLANTED)
+def test_planted_gradient_mistakes_fail_both_checks(mistake):
+    wrong = PLANTED[mistake]
+    check = gradcheck.check_compositional_gradients(2, "paper", loss_and_grads=wrong)
+    assert check.fair and largest(check.errors) > 0.3
+    assert largest(gradcheck.compare_with_textbook("paper", loss_and_grads=wrong)) > 0.3
+
+
+def test_augment_is_the_entrywise_definition():
+    W, b = chain_check_point(1, "paper", seed=2)[:2]
+    for composition in nca.COMPOSITIONS:
+        numpy.testing.assert_array_equal(nca.augment(W[0], b[0], composition),
+                                         nca_textbook.augmented_weights(W[0], b[0], composition))
 
 
 @pytest.mark.parametrize("composition", nca.COMPOSITIONS)
 @pytest.mark.parametrize("depth", [1, 2, 4])
 def test_compose_matches_the_literal_definitions_and_the_loss(depth, composition):
-    weights, biases, Ps, X, V = chain_point(depth, composition, seed=11)
+    weights, biases, Ps, X, V = chain_check_point(depth, composition, seed=11)
 
     C = nca.compose(weights, biases, Ps, composition=composition)
     E, _ = nca.compositional_loss_and_grads(weights, biases, Ps, X, V, composition=composition)
 
-    numpy.testing.assert_allclose(C, literal_compose(weights, biases, Ps, composition), rtol=1e-12, atol=1e-13)
+    numpy.testing.assert_allclose(C, nca_textbook.compose(weights, biases, Ps, composition), rtol=1e-12, atol=1e-13)
     assert float(E) == pytest.approx(numpy.abs(V - C @ X).sum(), rel=1e-12)
 
 
 def test_the_two_readings_differ():
-    weights, biases, Ps, _, _ = chain_point(2, "paper", seed=1)
+    weights, biases, Ps, _, _ = chain_check_point(2, "paper", seed=1)
     paper = nca.compose(weights, biases, Ps, composition="paper")
     authors = nca.compose(weights, biases, Ps, composition="authors-code")
     assert numpy.abs(paper - authors).max() > 0.1
 
 
 def test_float32_stays_float32_and_inputs_are_untouched():
-    weights, biases, Ps, X, V = chain_point(3, "paper", seed=4)
+    weights, biases, Ps, X, V = chain_check_point(3, "paper", seed=4)
     weights, biases, Ps = ([a.astype(numpy.float32) for a in arrays] for arrays in (weights, biases, Ps))
     X, V = X.astype(numpy.float32), V.astype(numpy.float32)
     before = [a.copy() for a in [*weights, *biases, *Ps, X, V]]
@@ -262,7 +175,7 @@ def test_float32_stays_float32_and_inputs_are_untouched():
 
 
 def test_bad_inputs_raise_clear_errors():
-    weights, biases, Ps, X, V = chain_point(2, "paper", seed=0)
+    weights, biases, Ps, X, V = chain_check_point(2, "paper", seed=0)
 
     with pytest.raises(ValueError, match=r"composition 'pytorch'"):
         nca.compositional_loss_and_grads(weights, biases, Ps, X, V, composition="pytorch")
@@ -406,6 +319,7 @@ def test_gradcheck_script_passes():
     assert done.returncode == 0, done.stdout + done.stderr
     assert "FAIL" not in done.stdout
     assert "compositional paper L=4" in done.stdout and "student dC" in done.stdout
+    assert "compositional authors-code L=2 vs textbook dP_enc (Eq. 21)" in done.stdout
 
 
 @pytest.mark.parametrize("strategy", ["student", "compositional"])
