@@ -54,3 +54,26 @@ def write_text(path, text: str) -> None:
 def write_json(path, obj) -> None:
     """Write ``obj`` as indented, key-sorted JSON, atomically."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+
+def write_wavs(signals: dict, sample_rate: int, *, subtype: str = "FLOAT") -> None:
+    """Write ``{path: (n,) or (n, channels) samples}`` as WAV files, all or none.
+
+    Every file goes to its temporary first; the renames happen only once all
+    are complete, so a failure leaves no file half-written or missing its
+    partner. ``subtype`` "FLOAT" (32-bit float, the default) keeps values
+    beyond ±1 unclipped, as a separated estimate may hold. soundfile is
+    imported only here.
+    """
+    import soundfile
+
+    with contextlib.ExitStack() as stack:
+        for path, samples in signals.items():
+            handle = stack.enter_context(atomic_open(path, "wb"))
+            soundfile.write(handle, samples, int(sample_rate), format="WAV", subtype=subtype)
+
+
+def write_wav(path, samples, sample_rate: int, *, subtype: str = "FLOAT") -> None:
+    """One WAV file, atomically (see :func:`write_wavs`)."""
+    write_wavs({path: samples}, sample_rate, subtype=subtype)

@@ -3,9 +3,11 @@
     synth      generate the built-in synthetic corpus (MUSDB18-HQ layout)
     prepare    STFT features, per-band scaler, test cut list (reads audio)
     train      train the models: every (model, run) unit not yet finished
+    evaluate   separate the test excerpts with every run, score them (BSS Eval v4)
     couplings  fit the NCA strategies on every test segment of every model
     report     Tables 1–3, Figures 2–3, curves and metadata from saved results
     reproduce  all of the above in order (--plan: only say what it would do)
+    separate   vocals and accompaniment of any audio file with a trained run
 
 Every stage resumes: a rerun skips finished units and continues an
 interrupted one. Settings come from a profile (configs/<name>.toml) and
@@ -29,6 +31,7 @@ STAGE_HELP = {
     "synth": "generate the built-in synthetic corpus (used by the demo profile)",
     "prepare": "compute features, the per-band scaler and the test cut list (reads audio)",
     "train": "train every (model, run) unit that is not finished yet",
+    "evaluate": "separate the test excerpts with every trained run and score them with museval (BSS Eval v4)",
     "couplings": "fit the NCA (student and compositional) on every test segment",
     "report": "write tables, figures and metadata from saved results",
     "reproduce": "run every stage in order (the paper's protocol with --profile paper)",
@@ -65,14 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common_options()
     for name, text in STAGE_HELP.items():
         sub = commands.add_parser(name, parents=[common], help=text, description=text)
-        if name in ("prepare", "reproduce"):
+        if name in ("prepare", "reproduce", "evaluate"):
             sub.add_argument("--musdb-root", default=None,
                              help="MUSDB18 folder (default: data.root of the profile, else $MUSDB_PATH)")
-        if name in ("train", "couplings", "reproduce"):
+        if name in ("train", "couplings", "reproduce", "evaluate"):
             sub.add_argument("--shard", default=None, metavar="I/N",
                              help="do only every N-th unit of work, starting at I (0-based), "
                                   "e.g. --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT")
-        if name in ("train", "couplings"):
+        if name in ("train", "couplings", "evaluate"):
             sub.add_argument("--kinds", nargs="+", choices=kind_names(), default=None,
                              help="only these models")
         if name == "train":
@@ -80,7 +83,44 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "reproduce":
             sub.add_argument("--plan", action="store_true",
                              help="print the work, what is done and a time estimate, without starting")
+    _add_separate(commands, common)
     return parser
+
+
+SEPARATE_HELP = "write the vocals and the accompaniment of audio files, separated by a trained run"
+
+
+def _add_separate(commands, common) -> None:
+    """``nca-np separate AUDIO… [--run RUN_DIR | --kind KIND] [--out DIR]``."""
+    sub = commands.add_parser(
+        "separate", parents=[common], help=SEPARATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=SEPARATE_HELP + ".\n\n"
+                    "OUT/<name>/vocals.wav is the model's magnitude estimate through the inverse STFT with the\n"
+                    "mixture's phase; OUT/<name>/accompaniment.wav is the mixture minus that estimate. Both are\n"
+                    "mono (the channels averaged, as the models were trained), 32-bit float, at the input's\n"
+                    "length and sample rate (another rate than the model's is resampled there and back).",
+        epilog="examples:\n"
+               "  nca-np separate song.flac --profile demo    the first finished run of the profile's first model\n"
+               "  nca-np separate a.wav b.stem.mp4 --kind sf --out separated\n"
+               "  nca-np separate song.wav --run runs/paper-0123abcd/dae/run_03")
+    sub.add_argument("audio", nargs="+", type=Path, metavar="AUDIO",
+                     help="files soundfile reads (wav, flac, ogg, mp3 …) or MUSDB18 .stem.mp4 files")
+    which = sub.add_mutually_exclusive_group()
+    which.add_argument("--run", type=Path, default=None, metavar="RUN_DIR",
+                       help="a finished run folder (holding model.npz), e.g. runs/<profile>-<hash>/sf/run_00")
+    which.add_argument("--kind", choices=kind_names(), default=None,
+                       help="the first finished run of this model in the work folder, for --profile and "
+                            "--set (default: the profile's first model)")
+    sub.add_argument("--out", type=Path, default=Path("separated"),
+                     help="folder of the results, one sub-folder per input (default: ./separated)")
+
+
+def _separate(args, ws, progress) -> None:
+    from .separate import Separator, find_run, separate_files
+
+    run = args.run if args.run is not None else find_run(ws.runs_dir, args.kind or ws.config["train"]["kinds"][0])
+    separator = Separator.from_run(run, module=backend.xp())
+    separate_files(args.audio, separator, args.out, progress=progress, log=_log)
 
 
 def _log(line: str) -> None:
@@ -102,6 +142,11 @@ def run(args) -> int:
         experiment.train_stage(ws, shard=shard, kinds=args.kinds, runs=args.runs, progress=progress, log=_log)
     elif args.command == "couplings":
         experiment.couplings_stage(ws, shard=shard, kinds=args.kinds, progress=progress, log=_log)
+    elif args.command == "evaluate":
+        from .evaluate import evaluate_stage
+        evaluate_stage(ws, musdb_root=args.musdb_root, shard=shard, kinds=args.kinds, progress=progress, log=_log)
+    elif args.command == "separate":
+        _separate(args, ws, progress)
     elif args.command == "report":
         experiment.report_stage(ws, log=_log)
     elif args.plan:

@@ -5,6 +5,7 @@ Data flows one way, through files under one working folder::
     synth     ► data/synthetic/                  (built-in corpus only)
     prepare   ► cache/<key>/                     features, scaler, cut list
     train     ► runs/<profile>-<hash>/<kind>/run_NN/       checkpoint, model
+    evaluate  ► evaluation/<profile>-<hash>/<kind>/run_NN/tNNNNN.json  BSS Eval per test track
     couplings ► couplings/<profile>-<hash>/<kind>/sNNNN.json  one per segment
     report    ► results/<profile>/               tables, figures, metadata
 
@@ -372,6 +373,27 @@ def _require_trained(ws: Workspace, pairs) -> None:
 
 
 # ----------------------------------------------------------------------------
+# evaluate (nca_np/evaluate.py holds the stage)
+
+
+def evaluate_where_possible(ws: Workspace, *, musdb_root=None, shard=Shard(), progress=True, log=print) -> None:
+    """The evaluate stage, or one line saying why this machine cannot run it
+    (no test audio, museval or ffmpeg): ``reproduce`` goes on without it."""
+    from .evaluate import EvaluationUnavailable, evaluate_stage
+
+    try:
+        evaluate_stage(ws, musdb_root=musdb_root, shard=shard, progress=progress, log=log)
+    except EvaluationUnavailable as exc:
+        log(f"evaluate skipped: {exc}")
+
+
+def _separation_results(ws: Workspace) -> dict:
+    from .evaluate import report_inputs
+
+    return report_inputs(ws)
+
+
+# ----------------------------------------------------------------------------
 # report
 
 
@@ -451,7 +473,8 @@ def report_stage(ws: Workspace, *, log=print) -> Path:
     }
     paths = write_report(ws.results_dir, units=units, kinds=kinds, strategies=list(config["nca"]["strategies"]),
                          histories=histories, linear_compositions=linear_compositions, figure_segment=figure,
-                         sample_rate=settings.sample_rate, n_fft=settings.n_fft, metadata=metadata)
+                         sample_rate=settings.sample_rate, n_fft=settings.n_fft, metadata=metadata,
+                         separation=_separation_results(ws))
     log(f"report written to {ws.results_dir / 'report.md'} ({len(paths)} files)")
     return ws.results_dir / "report.md"
 
@@ -488,6 +511,7 @@ def reproduce(ws: Workspace, *, musdb_root=None, shard=Shard(), progress=True, l
             raise UserError("sharded runs read a prepared cache: run `nca-np prepare` once before "
                             "starting the shards") from None
     train_stage(ws, shard=shard, progress=progress, log=log)
+    evaluate_where_possible(ws, musdb_root=musdb_root, shard=shard, progress=progress, log=log)
     couplings_stage(ws, shard=shard, progress=progress, log=log)
     if shard.count > 1:
         log(f"shard {shard.index}/{shard.count} done; run `nca-np report` once every shard has finished")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from . import metrics
 from .models import model_kind
@@ -419,3 +419,72 @@ def write_figures(out_dir: Path, *, units, models: dict, strategies, histories: 
     plot_training_loss(paths["training"], histories, models, dpi=dpi)
     plot_nca_convergence(paths["convergence"], units, models, strategies, dpi=dpi)
     return list(paths.values())
+
+
+# ------------------------------------------------------------ separation
+
+#: The figure of the separation section (drawn only when there are scores).
+SEPARATION_FIGURE = "sdr_vs_tod_r.png"
+_SERIES_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def median_and_quartiles(values) -> tuple[float, float, float]:
+    """(median, 25th, 75th percentile) of the finite values; NaNs when none."""
+    array = numpy.array([math.nan if v is None else float(v) for v in values], dtype=numpy.float64)
+    finite = array[numpy.isfinite(array)]
+    if finite.size == 0:
+        return math.nan, math.nan, math.nan
+    q25, median, q75 = numpy.percentile(finite, [25.0, 50.0, 75.0])
+    return float(median), float(q25), float(q75)
+
+
+def plot_sdr_vs_tod_r(path: Path, sdr: dict, tod_r: dict, models: dict, *, dpi=DPI) -> None:
+    """Each model's vocals SDR beside the TOD-R of its mappings.
+
+    One point per model and TOD-R series at (median TOD-R, median SDR),
+    bars from the 25th to the 75th percentile on both axes; the points of one
+    model share its colour and are joined, each series has its marker. Less
+    diagonal mappings (smaller TOD-R) lie to the left, so the picture shows
+    whether they separate better.
+
+    Args:
+        sdr: ``{kind: [vocals SDR (dB) of each (run, track)]}``.
+        tod_r: ``{series label: {kind: [TOD-R values]}}``, any number of
+            series (the NCA strategies, exact references …); infinite and
+            non-positive values are left out (a log axis).
+        models: ``{kind: display name}`` in display order.
+    """
+    figure = _figure(6.4, 4.4)
+    axis = figure.subplots()
+    drawn = False
+    for colour, (kind, name) in enumerate(models.items()):
+        y, y25, y75 = median_and_quartiles(sdr.get(kind, []))
+        points = []
+        for marker, (label, series) in zip(_SERIES_MARKERS, tod_r.items()):
+            x, x25, x75 = median_and_quartiles(_positive(series.get(kind, [])))
+            if math.isnan(x) or math.isnan(y):
+                continue
+            axis.errorbar([x], [y], xerr=[[x - x25], [x75 - x]], yerr=[[y - y25], [y75 - y]], fmt=marker,
+                          color=f"C{colour}", markersize=7, capsize=3, linewidth=1.0)
+            points.append(x)
+        if points:
+            axis.plot(sorted(points), [y] * len(points), color=f"C{colour}", linewidth=0.8, alpha=0.6)
+            drawn = True
+    if not drawn:
+        _not_available(axis, "no SDR or TOD-R to draw")
+    else:
+        axis.set_xscale("log")
+        # plain numbers ("0.9", "2"): TOD-R often spans less than a decade, where only the
+        # minor ticks fall inside and need labels of their own
+        plain = FuncFormatter(lambda value, _: f"{value:g}")
+        low, high = axis.get_xlim()
+        axis.xaxis.set_major_formatter(plain)
+        axis.xaxis.set_minor_formatter(plain if high < 20 * low else NullFormatter())
+        axis.set_xlabel("TOD-R of the couplings (median; smaller = less diagonal)")
+        axis.set_ylabel("vocals SDR (dB, median over runs and tracks)")
+        colours = [axis.plot([], [], color=f"C{i}", linewidth=6)[0] for i in range(len(models))]
+        markers = [axis.plot([], [], _SERIES_MARKERS[i], color="0.3")[0] for i in range(len(tod_r))]
+        axis.legend(colours + markers, list(models.values()) + list(tod_r), fontsize="small", loc="best")
+        axis.grid(True, which="both", alpha=0.25)
+    figure.suptitle("Separation quality beside the diagonality of the mappings")
+    _save_png(figure, path, dpi)

@@ -44,8 +44,8 @@ from .atomic import write_json, write_text
 from .errors import UserError
 from .models import MODEL_KINDS
 from .nca import STRATEGIES, get_strategy, strategy_names
-from .figures import (CLIP_PERCENTILE, DPI, FIGURE_FILES, ZOOM_CLIP_PERCENTILE, ZOOM_HZ, write_figures,
-                      zoom_bins)
+from .figures import (CLIP_PERCENTILE, DPI, FIGURE_FILES, SEPARATION_FIGURE, ZOOM_CLIP_PERCENTILE, ZOOM_HZ,
+                      median_and_quartiles, plot_sdr_vs_tod_r, write_figures, zoom_bins)
 
 COMPOSITION_READINGS = {
     "paper": "Couplings composed with the paper's reading (W ⊕ b = W + b1ᵀ, Z = P(W ⊕ b)ᵀ)",
@@ -534,12 +534,15 @@ def _figure_section(linear_compositions: dict, figure_segment, kinds, strategies
 
 
 def render_report(tables: dict, *, units, kinds, strategies, histories, linear_compositions, figure_segment,
-                  sample_rate, n_fft, metadata, n_freq) -> str:
+                  sample_rate, n_fft, metadata, n_freq, separation=None) -> str:
     """The text of report.md (deterministic: a function of its arguments).
 
     Args:
         tables: the :func:`summarise` dict of the same units.
         n_freq: F, or None when no matrix was given.
+        separation: None (no separation section), or ``(table, units,
+            note)``: the :func:`summarise_separation` table (None when left
+            out), its units, and the note saying why it was left out.
         The others: as for :func:`write_report`.
     """
     context = describe_units(units)
@@ -557,6 +560,8 @@ def render_report(tables: dict, *, units, kinds, strategies, histories, linear_c
                      markdown_table(tables[table], DECIMALS[table], bold_smallest=table == TABLE1),
                      f"CSV: [{CSV_FILES[table]}]({CSV_FILES[table]}); "
                      "all numbers: [tables.json](tables.json).\n"]
+    if separation is not None:
+        sections += separation_section(*separation)
     zoom = _zoom_text(n_freq, sample_rate, n_fft)
     sections.append("## Figures\n")
     sections += _figure_section(linear_compositions, figure_segment, kinds, strategies, zoom)
@@ -662,7 +667,8 @@ def _frequency_bins(linear_compositions: dict, figure_segment: dict, kinds) -> i
 
 
 def write_report(out_dir, *, units, kinds, strategies, histories, linear_compositions,
-                 figure_segment, sample_rate, n_fft, metadata, dpi: int = DPI) -> list[Path]:
+                 figure_segment, sample_rate, n_fft, metadata, dpi: int = DPI, separation=None,
+                 extra_tod_r=None) -> list[Path]:
     """Write the report folder (see the module docstring for its files).
 
     Args:
@@ -684,6 +690,13 @@ def write_report(out_dir, *, units, kinds, strategies, histories, linear_composi
             and ``corpus`` (or ``config.data.corpus``) name the run in the
             report's opening paragraph.
         dpi: resolution of the PNG figures.
+        separation: None (no separation section), or ``{"units": [...],
+            "note": str | None}`` (:func:`nca_np.evaluate.report_inputs`):
+            with units, the separation table (``table_separation.csv``,
+            ``separation.json``) and the SDR-beside-TOD-R figure; without,
+            the note in their place.
+        extra_tod_r: ``{series label: {kind: [TOD-R]}}`` drawn in that
+            figure beside the NCA strategies (e.g. exact references).
 
     Returns:
         The paths written, in the order written.
@@ -701,6 +714,8 @@ def write_report(out_dir, *, units, kinds, strategies, histories, linear_composi
     segment = _check_figure_segment(figure_segment, kinds, strategies)
     histories = histories or {}
     metadata = _check_metadata(metadata)
+    separation_units = list((separation or {}).get("units") or [])
+    separation_table = summarise_separation(separation_units, kinds) if separation_units else None
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -712,8 +727,151 @@ def write_report(out_dir, *, units, kinds, strategies, histories, linear_composi
     written += write_figures(out_dir, units=units, models={kind: display_name(kind) for kind in kinds},
                              strategies=strategies, histories=histories, linear_compositions=linear,
                              figure_segment=segment, sample_rate=sample_rate, n_fft=n_fft, dpi=dpi)
+    if separation_table is not None:
+        written += _write_separation(out_dir, separation_table, separation_units, units, kinds, strategies,
+                                     extra_tod_r, dpi)
     text = render_report(tables, units=units, kinds=kinds, strategies=strategies, histories=histories,
                          linear_compositions=linear, figure_segment=segment, sample_rate=sample_rate,
-                         n_fft=n_fft, metadata=metadata, n_freq=_frequency_bins(linear, segment, kinds))
+                         n_fft=n_fft, metadata=metadata, n_freq=_frequency_bins(linear, segment, kinds),
+                         separation=None if separation is None else
+                         (separation_table, separation_units, separation.get("note")))
     write_text(out_dir / "report.md", text)
     return written + [out_dir / "report.md"]
+
+
+# ------------------------------------------------------------ separation
+
+SEPARATION_CSV = "table_separation.csv"
+SEPARATION_JSON = "separation.json"
+SEPARATION_TARGETS = ("vocals", "accompaniment")
+SEPARATION_METRICS = ("SDR", "SIR", "SAR", "ISR")
+SEPARATION_TITLE = "Separation quality: BSS Eval v4 of the test excerpts (dB)"
+
+
+def _quartile_cell(values) -> dict:
+    """Median and quartiles of the finite values (None when there are none), with counts."""
+    finite = [v for v in values if math.isfinite(v)]
+    median, q25, q75 = median_and_quartiles(finite)
+    def plain(x):
+        return None if math.isnan(x) else x
+    return {"median": plain(median), "q25": plain(q25), "q75": plain(q75), "n": len(finite),
+            "n_units": len(values)}
+
+
+def _separation_value(unit: dict, target: str, metric: str) -> float:
+    scores = unit.get("scores", {}).get(target, {})
+    if metric not in scores:
+        raise ReportError(f"evaluation unit ({unit.get('kind')!r}, run {unit.get('run')}, {unit.get('track')!r}) "
+                          f"has no {target} {metric}: run `nca-np evaluate` again for it")
+    return _number(scores[metric], f"evaluation unit {unit.get('kind')}/{unit.get('run')}/{target}.{metric}")
+
+
+def summarise_separation(units, kinds) -> dict:
+    """The separation table: per model, the median over runs and tracks of
+    each (run, track)'s BSS Eval scores (themselves medians over one-second
+    frames, docs/method.md#separation).
+
+    Args:
+        units: evaluation units (:mod:`nca_np.evaluate`): ``kind``, ``run``,
+            ``track`` and ``scores[target][metric]``.
+        kinds: the models in display order.
+
+    Returns:
+        ``{"title", "unit", "columns": [{"key", "label", "target", "metric"}],
+        "rows": [{"kind", "model", "n_units", "n_runs", "n_tracks",
+        "cells": {key: {"median", "q25", "q75", "n", "n_units"}}}]}``.
+    """
+    units = list(units)
+    unknown = sorted({str(u.get("kind")) for u in units} - set(kinds))
+    if unknown:
+        raise ReportError(f"evaluation results of model kind {unknown[0]!r}, not among kinds {list(kinds)}")
+    columns = [{"key": f"{t}_{m}", "label": f"{t} {m}", "target": t, "metric": m}
+               for t in SEPARATION_TARGETS for m in SEPARATION_METRICS]
+    rows = []
+    for kind in kinds:
+        of_kind = [u for u in units if u["kind"] == kind]
+        cells = {c["key"]: _quartile_cell([_separation_value(u, c["target"], c["metric"]) for u in of_kind])
+                 for c in columns}
+        rows.append({"kind": kind, "model": display_name(kind), "n_units": len(of_kind),
+                     "n_runs": len({u["run"] for u in of_kind}), "n_tracks": len({u["track"] for u in of_kind}),
+                     "cells": cells})
+    return {"title": SEPARATION_TITLE, "unit": "dB", "columns": columns, "rows": rows}
+
+
+def separation_markdown(table: dict) -> str:
+    """The separation table as Markdown: the medians, two decimals."""
+    header = ["Model", "runs × tracks"] + [c["label"] for c in table["columns"]]
+    rows = [[row["model"], f"{row['n_runs']} × {row['n_tracks']}"]
+            + ["–" if row["cells"][c["key"]]["median"] is None else f"{row['cells'][c['key']]['median']:.2f}"
+               for c in table["columns"]]
+            for row in table["rows"]]
+    return _markdown(header, rows)
+
+
+def separation_csv(table: dict) -> str:
+    """The separation table as CSV: per column median, q25, q75 and n (finite values)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    header = ["model", "n_runs", "n_tracks"]
+    for column in table["columns"]:
+        header += [f"{column['key']}_{stat}" for stat in ("median", "q25", "q75", "n")]
+    writer.writerow(header)
+    for row in table["rows"]:
+        record = [row["model"], str(row["n_runs"]), str(row["n_tracks"])]
+        for column in table["columns"]:
+            cell = row["cells"][column["key"]]
+            record += [_csv_number(cell[stat]) for stat in ("median", "q25", "q75")] + [str(cell["n"])]
+        writer.writerow(record)
+    return buffer.getvalue()
+
+
+def tod_r_series(units, kinds, strategies, extra=None) -> dict:
+    """``{series label: {kind: [TOD-R]}}`` for the separation figure: each NCA
+    strategy's TOD-R per segment (Table 1's values), then ``extra`` series
+    by name (e.g. exact references), in that order."""
+    series = {strategy_label(s): {k: [u["strategies"][s]["tod_r"] for u in units if u["kind"] == k]
+                                   for k in kinds}
+              for s in strategies}
+    for label, values in (extra or {}).items():
+        series[label] = {kind: list(values.get(kind, [])) for kind in kinds}
+    return series
+
+
+def _channels_text(units) -> str:
+    channels = sorted({int(u.get("channels", 0)) for u in units})
+    return "/".join(str(c) for c in channels)
+
+
+def separation_section(table, units, note) -> list[str]:
+    """The separation section of report.md: the table and figure, or the note
+    that says why they are left out."""
+    section = [f"## {SEPARATION_TITLE}\n"]
+    if table is None:
+        return section + [f"*The separation table is left out: {note}*\n"]
+    section += [
+        ("Every trained run separates every test excerpt (vocals: the model's magnitude estimate through the "
+         "inverse STFT with the mixture's phase; accompaniment: the mixture minus that estimate), and "
+         "`museval` scores both against the true vocals and accompaniment with BSS Eval v4: SDR, SIR, SAR "
+         "and ISR, each the median over one-second frames as SiSEC reports them. A cell is the median of "
+         "those over runs and tracks. The models are mono; their estimates are scored on every channel of "
+         f"the references ({_channels_text(units)} channels).\n"),
+        separation_markdown(table),
+        f"CSV with inter-quartile ranges: [{SEPARATION_CSV}]({SEPARATION_CSV}); every frame's values are in "
+        "the evaluation units.\n",
+        ("**Separation and diagonality.** Each model's vocals SDR (median over runs and tracks) beside the "
+         "TOD-R of its couplings (median over segments, Table 1's values); bars span the 25th to 75th "
+         "percentiles. Points further left come from less diagonal mappings.\n"),
+        f"![SDR beside TOD-R]({SEPARATION_FIGURE})\n",
+    ]
+    return section
+
+
+def _write_separation(out_dir: Path, table: dict, separation_units, units, kinds, strategies, extra_tod_r,
+                      dpi) -> list[Path]:
+    """The separation table's files and its figure."""
+    write_text(out_dir / SEPARATION_CSV, separation_csv(table))
+    write_json(out_dir / SEPARATION_JSON, table)
+    sdr = {kind: [u["scores"]["vocals"]["SDR"] for u in separation_units if u["kind"] == kind] for kind in kinds}
+    plot_sdr_vs_tod_r(out_dir / SEPARATION_FIGURE, sdr, tod_r_series(units, kinds, strategies, extra_tod_r),
+                      {kind: display_name(kind) for kind in kinds}, dpi=dpi)
+    return [out_dir / SEPARATION_CSV, out_dir / SEPARATION_JSON, out_dir / SEPARATION_FIGURE]

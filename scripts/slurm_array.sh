@@ -3,6 +3,8 @@
 #
 #   sbatch scripts/slurm_array.sh prepare                  # once (reads the audio; CPU is enough)
 #   sbatch --array=0-29 scripts/slurm_array.sh train       # 30 (model, run) trainings, one per task
+#   sbatch --array=0-15 scripts/slurm_array.sh evaluate    # BSS Eval of every run on every test excerpt
+#                                                          # (reads the audio; museval runs on the CPU)
 #   sbatch --array=0-15 scripts/slurm_array.sh couplings   # NCA segments split over 16 tasks
 #   sbatch scripts/slurm_array.sh report                   # once every shard has finished
 #
@@ -14,7 +16,7 @@
 #SBATCH --time=12:00:00
 #SBATCH --output=logs/%x-%A_%a.out
 set -euo pipefail
-stage=${1:?usage: scripts/slurm_array.sh prepare|train|couplings|report}
+stage=${1:?usage: scripts/slurm_array.sh prepare|train|evaluate|couplings|report}
 cd "${SLURM_SUBMIT_DIR:-.}"
 profile=${PROFILE:-paper}          # or demo, or a .toml path
 device=${DEVICE:-gpu}
@@ -25,9 +27,9 @@ common=(--profile "$profile" --workdir "$workdir" --quiet)
 case "$stage" in
   prepare|report)
     exec "$python" -m nca_np "$stage" "${common[@]}" ;;
-  train|couplings)
+  train|evaluate|couplings)
     shard="${SLURM_ARRAY_TASK_ID:-0}/${SLURM_ARRAY_TASK_COUNT:-1}"
     exec "$python" -m nca_np "$stage" "${common[@]}" --device "$device" --shard "$shard" ;;
   *)
-    echo "unknown stage $stage: use prepare, train, couplings or report" >&2; exit 2 ;;
+    echo "unknown stage $stage: use prepare, train, evaluate, couplings or report" >&2; exit 2 ;;
 esac

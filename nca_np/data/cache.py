@@ -466,6 +466,11 @@ class FeatureCache:
         path = _unit_files(_unit_stem(self.path, subset, entry["index"]))[name]
         return numpy.load(path, mmap_mode="r")
 
+    def test_magnitudes(self, index: int, name: str = "mixture") -> numpy.ndarray:
+        """``(n_frames, F)`` float32 unscaled magnitudes of test excerpt
+        ``index`` ("mixture" or "vocals"), memory-mapped from disk."""
+        return self._arrays("test", self.manifest["test"][index], name)
+
     def train_arrays(self) -> tuple[list, list]:
         """``(n_frames_i, F)`` float32 mixture and vocals rows, one per training track, unscaled,
         read from disk as they are sliced (:class:`~nca_np.frames.NpyRows`)."""

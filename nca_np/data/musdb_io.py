@@ -399,3 +399,110 @@ def data_fingerprint(refs) -> list[list]:
             status = path.stat()
             rows.append([path.relative_to(ref.root).as_posix(), int(status.st_size), int(status.st_mtime_ns)])
     return sorted(rows)
+
+
+# --- audio for separation and its evaluation -------------------------------------------------
+
+#: musdb's "accompaniment" target: these sources, summed in this order.
+ACCOMPANIMENT = ("bass", "drums", "other")
+
+
+def read_stem_mixture(path) -> tuple[numpy.ndarray, int]:
+    """The mixture stream of a ``.stem.mp4`` file, decoded as musdb decodes it.
+
+    Stream 0 through ``stempeg.read_stems`` with 16-bit PCM transport, the
+    call musdb makes for MUSDB18's stems (needs ffmpeg).
+
+    Returns:
+        ``((n, channels) float64 samples, sample rate)``.
+
+    Raises:
+        DataError: ffmpeg missing, or a file ffmpeg cannot decode.
+    """
+    require_ffmpeg()
+    import stempeg
+
+    try:
+        audio, rate = stempeg.read_stems(str(path), stem_id=0, ffmpeg_format="s16le")
+    except Exception as exc:  # stempeg/ffmpeg failures come in many types
+        raise DataError(f"cannot decode {path}: {_first_line(exc)}; is it a complete .stem.mp4 file?") from exc
+    audio = numpy.asarray(audio)
+    return (audio[:, None] if audio.ndim == 1 else audio), int(round(float(rate)))
+
+
+@dataclasses.dataclass
+class ExcerptAudio:
+    """One test excerpt with its references, for scoring separations.
+
+    Attributes:
+        name: the track name.
+        sample_rate: Hz.
+        mixture: ``(n,)`` float32 mono mixture, the samples ``prepare`` took
+            features of (channels averaged, then cut).
+        references: {"vocals", "accompaniment"}: ``(n, channels)`` at the
+            files' channel count; accompaniment is musdb's target
+            (:data:`ACCOMPANIMENT` summed).
+    """
+
+    name: str
+    sample_rate: int
+    mixture: numpy.ndarray
+    references: dict
+
+
+def _accompaniment(parts: list) -> numpy.ndarray:
+    """musdb's target sum (``numpy.sum`` over the stacked sources), to the bit."""
+    return numpy.sum(numpy.array(parts), axis=0)
+
+
+def _read_wav_span(path: Path, start: int, stop: int) -> numpy.ndarray:
+    import soundfile
+
+    try:
+        audio, _ = soundfile.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
+    except (RuntimeError, OSError) as exc:
+        raise DataError(f"cannot read {path}: {_first_line(exc)}; the file is damaged, extract it again") from exc
+    return audio
+
+
+def _wav_excerpt(ref: TrackRef, start: int, stop: int) -> tuple[dict, int]:
+    import soundfile
+
+    rate = int(soundfile.info(str(ref.path / "mixture.wav")).samplerate)
+    signals = {name: _read_wav_span(ref.path / f"{name}.wav", start, stop) for name in ("mixture",) + SOURCES}
+    return signals, rate
+
+
+def _stem_excerpt(ref: TrackRef, start: int, stop: int) -> tuple[dict, int]:
+    """Every stream of a stem track in one decode, cut to the excerpt."""
+    track = _musdb_track(ref)
+    try:
+        stems = numpy.asarray(track.stems)[:, start:stop]
+    except Exception as exc:  # stempeg/ffmpeg failures come in many types
+        raise DataError(f"cannot decode {ref.path}: {_first_line(exc)}; download the track again") from exc
+    signals = {"mixture": stems[track.stem_id]}
+    signals.update({name: stems[track.sources[name].stem_id] for name in SOURCES})
+    return signals, int(round(float(track.rate)))
+
+
+def load_excerpt(ref: TrackRef, start: int, stop: int) -> ExcerptAudio:
+    """Samples ``[start, stop)`` of one track: mono mixture, multichannel references.
+
+    Wav tracks are read with soundfile, stem tracks through musdb in one
+    decode (the same samples musdb's ``track.targets[...].audio`` holds).
+
+    Raises:
+        DataError: unreadable files, another sample rate than
+            :data:`SAMPLE_RATE`, or an excerpt that runs past the track's end.
+    """
+    signals, rate = _wav_excerpt(ref, start, stop) if ref.is_wav else _stem_excerpt(ref, start, stop)
+    if rate != SAMPLE_RATE:
+        raise DataError(f"{ref.path} is sampled at {rate} Hz; MUSDB18 is {SAMPLE_RATE} Hz")
+    short = {name: signal.shape[0] for name, signal in signals.items() if signal.shape[0] != stop - start}
+    if short:
+        raise DataError(f"track {ref.path} holds fewer samples than its excerpt {start}-{stop} "
+                        f"({', '.join(f'{k} {v}' for k, v in short.items())}): the audio changed since "
+                        "`nca-np prepare`; prepare again")
+    references = {"vocals": signals["vocals"],
+                  "accompaniment": _accompaniment([signals[name] for name in ACCOMPANIMENT])}
+    return ExcerptAudio(ref.name, rate, to_mono(signals["mixture"]), references)
