@@ -185,9 +185,6 @@ def evaluate_stage(ws, *, musdb_root=None, shard=None, kinds=None, progress=True
     shard = shard or Shard()
     config = ws.config
     cache = open_prepared_cache(ws)
-    tracks = {"cache_key": cache.key, "tracks": [{k: e[k] for k in ("index", "name")} for e in cache.manifest["test"]]}
-    if not (evaluation_dir(ws) / TRACKS).exists() or json.loads((evaluation_dir(ws) / TRACKS).read_text()) != tracks:
-        write_json(evaluation_dir(ws) / TRACKS, tracks)
     units = shard.select(evaluation_units(config, cache.manifest["test"], kinds))
     todo = [unit for unit in units if not unit_path(ws, *unit).exists()]
     log(f"evaluate: {len(units)} (model, run, track) units in this shard, {len(units) - len(todo)} already done")
@@ -195,6 +192,7 @@ def evaluate_stage(ws, *, musdb_root=None, shard=None, kinds=None, progress=True
         return
     _require_trained(ws, {(kind, run) for kind, run, _ in todo})
     refs = _test_tracks(cache, musdb_root)
+    _record_tracks(ws, cache)
     record = {"cache_key": cache.key, "code_version": code_version(), "window_seconds": WINDOW_SECONDS,
               "mode": MODE, "versions": backend.versions("museval", "scipy", "soundfile")}
     module = backend.xp()
@@ -209,6 +207,15 @@ def evaluate_stage(ws, *, musdb_root=None, shard=None, kinds=None, progress=True
             log(_unit_line(unit))
     finally:
         _record_time(ws, "evaluate", shard, time.perf_counter() - started)
+
+
+def _record_tracks(ws, cache) -> None:
+    """``tracks.json``: the test tracks the units cover, for the report (which reads no cache)."""
+    tracks = {"cache_key": cache.key,
+              "tracks": [{key: entry[key] for key in ("index", "name")} for entry in cache.manifest["test"]]}
+    path = evaluation_dir(ws) / TRACKS
+    if not path.exists() or json.loads(path.read_text()) != tracks:
+        write_json(path, tracks)
 
 
 def evaluate_unit(ws, kind: str, run: int, entry: dict, excerpt, *, module=None, record=None) -> dict:

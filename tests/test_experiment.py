@@ -39,7 +39,8 @@ def _results(workdir):
 
 
 def _unit_files(workdir):
-    return sorted(p for p in (workdir / "runs").rglob("*.npz")) + sorted((workdir / "couplings").rglob("s[0-9]*.*"))
+    return (sorted(p for p in (workdir / "runs").rglob("*.npz")) + sorted((workdir / "couplings").rglob("s[0-9]*.*"))
+            + sorted((workdir / "evaluation").rglob("t[0-9]*.json")))
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,25 @@ def test_reproduce_writes_every_artefact(reference):
                 "wall_time_seconds"):
         assert key in meta, key
     assert meta["composition"] == "paper"
-    assert set(meta["wall_time_seconds"]) >= {"prepare", "train", "couplings"}
+    assert set(meta["wall_time_seconds"]) >= {"prepare", "train", "evaluate", "couplings"}
+
+
+def test_reproduce_evaluates_every_run_on_every_test_track(reference):
+    workdir, result = reference
+    units = sorted((workdir / "evaluation").rglob("t[0-9]*.json"))
+    assert len(units) == 6  # 3 models x 2 runs x 1 test track
+    for path in units:
+        unit = json.loads(path.read_text())
+        assert unit["channels"] == 2 and unit["excerpt"]["source"] == "activation-confidence"
+        for target in ("vocals", "accompaniment"):
+            assert len(unit["frames"][target]["SDR"]) == 2  # one-second frames of the 2 s excerpt
+            assert all(numpy.isfinite(unit["scores"][target][m]) for m in ("SDR", "SIR", "SAR", "ISR"))
+    report = (_results(workdir) / "report.md").read_text()
+    assert "## Separation quality" in report and "sdr_vs_tod_r.png" in report
+    lines = (_results(workdir) / "table_separation.csv").read_text().strip().splitlines()
+    assert [line.split(",")[0] for line in lines[1:]] == KINDS
+    assert all(line.split(",")[1:3] == ["2", "1"] for line in lines[1:])
+    assert (_results(workdir) / "sdr_vs_tod_r.png").stat().st_size > 5000
 
 
 def test_rerun_recomputes_nothing(reference):
@@ -87,6 +106,7 @@ def test_rerun_recomputes_nothing(reference):
     tables = {n: (_results(workdir) / n).read_bytes() for n in TABLE_FILES}
     result = nca(workdir, "reproduce")
     assert "6 already finished" in result.stdout and "15 already done" in result.stdout
+    assert "6 (model, run, track) units in this shard, 6 already done" in result.stdout
     assert {p: p.stat().st_mtime_ns for p in _unit_files(workdir)} == before
     assert {n: (_results(workdir) / n).read_bytes() for n in TABLE_FILES} == tables
     nca(workdir, "report")
@@ -126,7 +146,7 @@ def test_two_shards_give_the_same_tables(reference, tmp_path):
     nca(tmp_path, "prepare")
     env = dict(_env(), PROFILE=str(PROFILE), DEVICE="cpu", WORKDIR=str(tmp_path), PYTHON=sys.executable,
                SLURM_ARRAY_TASK_COUNT="2")
-    for stage in ("train", "couplings"):
+    for stage in ("train", "evaluate", "couplings"):
         for task in ("0", "1"):
             subprocess.run(["bash", str(REPO / "scripts" / "slurm_array.sh"), stage], env=dict(env, SLURM_ARRAY_TASK_ID=task),
                            check=True, capture_output=True, timeout=300)
@@ -135,7 +155,7 @@ def test_two_shards_give_the_same_tables(reference, tmp_path):
                 assert refused.returncode == 2
                 assert "couplings units are missing" in refused.stderr and "\n" == refused.stderr[-1]
     nca(tmp_path, "report")
-    for name in TABLE_FILES:
+    for name in TABLE_FILES + ["table_separation.csv"]:
         assert (_results(tmp_path) / name).read_bytes() == (_results(reference[0]) / name).read_bytes(), name
 
 
@@ -166,7 +186,7 @@ def test_clear_errors_on_the_command_line(tmp_path):
                               capture_output=True, text=True, env=env)
     assert no_musdb.returncode == 2 and "MUSDB_PATH" in no_musdb.stderr and "Traceback" not in no_musdb.stderr
     helped = subprocess.run([sys.executable, "-m", "nca_np", "--help"], capture_output=True, text=True, env=_env())
-    for stage in ("synth", "prepare", "train", "couplings", "report", "reproduce"):
+    for stage in ("synth", "prepare", "train", "evaluate", "couplings", "report", "reproduce", "separate"):
         assert stage in helped.stdout
 
 
@@ -177,11 +197,21 @@ def test_stages_after_prepare_need_neither_musdb_nor_soundfile(reference, tmp_pa
     shutil.copytree(reference[0] / "cache", tmp_path / "cache")
     blocked = ("import sys; sys.modules['musdb'] = None; sys.modules['soundfile'] = None; "
                "from nca_np.cli import main; sys.exit(main(sys.argv[1:]))")
-    for stage in ("train", "couplings", "report"):
-        subprocess.run([sys.executable, "-c", blocked, stage, "--profile", str(PROFILE), "--workdir", str(tmp_path),
-                        "--quiet"], check=True, capture_output=True, env=_env(), timeout=300)
+    def stage_run(stage, check=True):
+        return subprocess.run([sys.executable, "-c", blocked, stage, "--profile", str(PROFILE), "--workdir",
+                               str(tmp_path), "--quiet"], check=check, capture_output=True, text=True, env=_env(),
+                              timeout=300)
+    stage_run("train")
+    evaluated = stage_run("evaluate", check=False)  # scoring needs museval and the audio
+    assert evaluated.returncode == 2 and len(evaluated.stderr.strip().splitlines()) == 1, evaluated.stderr
+    assert "museval" in evaluated.stderr and "Traceback" not in evaluated.stderr
+    for stage in ("couplings", "report"):
+        stage_run(stage)
     for name in TABLE_FILES:
         assert (_results(tmp_path) / name).read_bytes() == (_results(reference[0]) / name).read_bytes(), name
+    report = (_results(tmp_path) / "report.md").read_text()
+    assert "The separation table is left out: no evaluation results" in report
+    assert not (_results(tmp_path) / "table_separation.csv").exists()
 
 
 def test_profile_names_are_not_confused_with_folders(tmp_path, monkeypatch):
