@@ -262,9 +262,14 @@ def block_plan(n_samples: int, settings: StftSettings, block_frames: int) -> lis
 
 
 def output_name(path: Path) -> str:
-    """The folder name of one input's outputs: its name without the audio suffix."""
+    """The folder name of one input's outputs: its name without the audio
+    suffix; for a MUSDB18-HQ track's ``mixture.wav``, the track's folder name."""
     name = path.name
-    return name[:-len(STEM_SUFFIX)] if name.endswith(STEM_SUFFIX) else path.stem
+    if name.endswith(STEM_SUFFIX):
+        return name[:-len(STEM_SUFFIX)]
+    if path.stem == "mixture" and path.parent.name:
+        return path.parent.name
+    return path.stem
 
 
 def read_mixture(path) -> tuple[numpy.ndarray, int]:

@@ -17,7 +17,8 @@ from nca_np.data import musdb_io
 from nca_np.experiment import Workspace
 from nca_np.features import Scaler, StftSettings, n_frames, stft_magnitude, to_mono
 from nca_np.models import build_model
-from nca_np.separate import Separator, block_plan, read_mixture, separate_files
+from nca_np.errors import UserError
+from nca_np.separate import Separator, block_plan, output_name, read_mixture, separate_files
 from nca_np.train import FINAL_MODEL, save_state
 
 PROFILE = Path(__file__).resolve().parent / "tiny_profile.toml"
@@ -184,6 +185,22 @@ def test_stem_file_is_read_through_its_mixture_stream(identity_run, tmp_path):
     stems, rate = stempeg.read_stems(str(stem), ffmpeg_format="s16le")
     mixture = soundfile.read(folder / "vocals.wav", dtype="float32")[0]
     numpy.testing.assert_allclose(mixture, stems[0].mean(axis=1), rtol=0, atol=1e-5)
+
+
+def test_output_folders_are_named_after_the_inputs():
+    assert output_name(Path("/music/My Song.flac")) == "My Song"
+    assert output_name(Path("/musdb/test/Artist - Title.stem.mp4")) == "Artist - Title"
+    assert output_name(Path("/musdb-hq/test/Artist - Title/mixture.wav")) == "Artist - Title"
+
+
+def test_two_inputs_for_one_folder_are_refused_before_any_work(identity_run, tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        soundfile.write(tmp_path / folder / "song.wav", noise(0.1), 44100)
+    with pytest.raises(UserError, match="two inputs would write to the same folder 'song'"):
+        separate_files([tmp_path / "a" / "song.wav", tmp_path / "b" / "song.wav"], Separator.from_run(identity_run),
+                       tmp_path / "out", log=None)
+    assert not (tmp_path / "out").exists()
 
 
 # --- the command line -----------------------------------------------------------------------
