@@ -295,3 +295,66 @@ def test_write_report_rejects_bad_matrices(tmp_path):
     with pytest.raises(report.ReportError, match="target has 16 bins but C_student is"):
         report.write_report(tmp_path / "late", dpi=TEST_DPI, **inputs)
     assert not (tmp_path / "late").exists()  # every input is checked before any file is written
+
+
+# ------------------------------------------------------------- separation
+
+
+def separation_unit(kind, run, track, vocals_sdr, shift=0.0):
+    """One evaluation unit; every metric of a target is its SDR plus a fixed offset."""
+    offsets = {"SDR": 0.0, "SIR": 5.0, "SAR": 1.0, "ISR": 2.0}
+    return {"kind": kind, "run": run, "track": track, "channels": 2,
+            "scores": {"vocals": {m: vocals_sdr + o for m, o in offsets.items()},
+                       "accompaniment": {m: vocals_sdr + shift + 6.0 + o for m, o in offsets.items()}}}
+
+
+def separation_units():
+    """Per model 2 runs x 3 tracks; DAE's vocals SDRs 1, 2, 3, 4, 10 and a NaN."""
+    values = {"dae": [1.0, 2.0, 3.0, 4.0, 10.0, math.nan], "mss-dae": [5.0] * 6, "sf": [-1.0, 0.0, 1.0, 2.0, 3.0, 4.0]}
+    return [separation_unit(kind, i // 3, f"track {i % 3}", value)
+            for kind in KINDS for i, value in enumerate(values[kind])]
+
+
+def test_separation_table_takes_medians_over_runs_and_tracks():
+    table = report.summarise_separation(separation_units(), KINDS)
+    rows = {row["kind"]: row for row in table["rows"]}
+    assert rows["dae"]["n_runs"] == 2 and rows["dae"]["n_tracks"] == 3 and rows["dae"]["n_units"] == 6
+    dae = rows["dae"]["cells"]["vocals_SDR"]
+    assert (dae["median"], dae["q25"], dae["q75"], dae["n"], dae["n_units"]) == (3.0, 2.0, 4.0, 5, 6)
+    assert rows["dae"]["cells"]["vocals_SIR"]["median"] == 8.0
+    assert rows["sf"]["cells"]["vocals_SDR"]["median"] == 1.5
+    assert rows["sf"]["cells"]["accompaniment_SDR"]["median"] == 7.5
+    assert rows["mss-dae"]["cells"]["accompaniment_ISR"]["median"] == 13.0
+    markdown = report.separation_markdown(table)
+    assert "| DAE | 2 × 3 | 3.00 | 8.00 | 4.00 | 5.00 | 9.00 |" in markdown
+    rows_csv = list(csv.reader(report.separation_csv(table).splitlines()))
+    assert rows_csv[0][:7] == ["model", "n_runs", "n_tracks", "vocals_SDR_median", "vocals_SDR_q25",
+                               "vocals_SDR_q75", "vocals_SDR_n"]
+    assert rows_csv[1][:7] == ["DAE", "2", "3", "3.000000", "2.000000", "4.000000", "5"]
+
+
+def test_separation_of_unknown_model_is_refused():
+    with pytest.raises(report.ReportError, match="model kind 'xx'"):
+        report.summarise_separation([separation_unit("xx", 0, "t", 1.0)], KINDS)
+
+
+def test_report_with_separation_scores_and_with_a_note(tmp_path):
+    inputs = report_inputs()
+    extra = {"exact reference": {kind: [4.0, 5.0] for kind in KINDS}}
+    paths = report.write_report(tmp_path / "with", dpi=TEST_DPI, separation={"units": separation_units()},
+                                extra_tod_r=extra, **inputs)
+    names = {p.name for p in paths}
+    assert {report.SEPARATION_CSV, report.SEPARATION_JSON, report.SEPARATION_FIGURE} <= names
+    text = (tmp_path / "with" / "report.md").read_text()
+    assert "## Separation quality" in text and "(2 channels)" in text
+    assert text.index("## Separation quality") < text.index("## Figures")
+    assert json.loads((tmp_path / "with" / report.SEPARATION_JSON).read_text())["rows"][0]["model"] == "DAE"
+    report.write_report(tmp_path / "without", dpi=TEST_DPI, separation={"units": [], "note": "no audio here."},
+                        **inputs)
+    text = (tmp_path / "without" / "report.md").read_text()
+    assert "*The separation table is left out: no audio here.*" in text
+    assert not (tmp_path / "without" / report.SEPARATION_CSV).exists()
+    series = report.tod_r_series(inputs["units"], KINDS, STRATEGIES, extra)
+    assert list(series) == ["NCA student", "NCA compositional", "exact reference"]
+    assert series["NCA student"]["sf"] == [u["strategies"]["student"]["tod_r"] for u in inputs["units"]
+                                           if u["kind"] == "sf"]
