@@ -338,6 +338,12 @@ def test_separation_of_unknown_model_is_refused():
         report.summarise_separation([separation_unit("xx", 0, "t", 1.0)], KINDS)
 
 
+def test_report_without_separation_input_has_no_separation_section(written):
+    folder = written[0][0]
+    assert not (folder / report.SEPARATION_CSV).exists()
+    assert "Separation quality" not in (folder / "report.md").read_text()
+
+
 def test_report_with_separation_scores_and_with_a_note(tmp_path):
     inputs = report_inputs()
     extra = {"exact reference": {kind: [4.0, 5.0] for kind in KINDS}}
@@ -349,11 +355,8 @@ def test_report_with_separation_scores_and_with_a_note(tmp_path):
     assert "## Separation quality" in text and "(2 channels)" in text
     assert text.index("## Separation quality") < text.index("## Figures")
     assert json.loads((tmp_path / "with" / report.SEPARATION_JSON).read_text())["rows"][0]["model"] == "DAE"
-    report.write_report(tmp_path / "without", dpi=TEST_DPI, separation={"units": [], "note": "no audio here."},
-                        **inputs)
-    text = (tmp_path / "without" / "report.md").read_text()
-    assert "*The separation table is left out: no audio here.*" in text
-    assert not (tmp_path / "without" / report.SEPARATION_CSV).exists()
+    note = report.separation_section(None, [], "no audio here.")
+    assert note[-1] == "*The separation table is left out: no audio here.*\n"
     series = report.tod_r_series(inputs["units"], KINDS, STRATEGIES, extra)
     assert list(series) == ["NCA student", "NCA compositional", "exact reference"]
     assert series["NCA student"]["sf"] == [u["strategies"]["student"]["tod_r"] for u in inputs["units"]
