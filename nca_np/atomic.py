@@ -63,6 +63,19 @@ def remove_empty_folders(folders) -> None:
             Path(folder).rmdir()
 
 
+def _short_write_errno(exc: BaseException, handle) -> int | None:
+    """The errno behind a write that came up short without one (NumPy's
+    ``tofile`` on a full disk raises "N requested and M written"): one more
+    byte written at the same place fails with the file system's reason."""
+    if not isinstance(exc, OSError) or exc.errno is not None:
+        return None
+    try:
+        os.write(handle.fileno(), b"\0")
+    except OSError as probe:
+        return probe.errno
+    return None
+
+
 def _named(exc: OSError, path: Path, tmp: Path) -> OSError:
     """``exc`` naming ``path`` when it named nothing or only the temporary
     (a full disk fails in ``write``, which names no file)."""
@@ -83,10 +96,19 @@ def atomic_open(path, mode="wb", **open_kwargs):
     created = make_folder(path.parent)
     tmp = temporary_path(path)
     try:
-        with open(tmp, mode, **open_kwargs) as handle:
+        handle = open(tmp, mode, **open_kwargs)
+        try:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        except BaseException as exc:
+            cause = _short_write_errno(exc, handle)
+            with contextlib.suppress(OSError):
+                handle.close()
+            if cause is not None:
+                raise OSError(cause, os.strerror(cause), str(path)) from exc
+            raise
+        handle.close()
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):

@@ -202,7 +202,18 @@ def open_prepared_cache(ws: Workspace):
     recorded settings (the audio itself may be on another machine)."""
     from .data.cache import find_cache, open_cache
 
-    return open_cache(find_cache(ws.config, ws.cache_root))
+    return open_cache(find_cache(ws.config, ws.cache_root, current_key=lambda: _current_cache_key(ws)))
+
+
+def _current_cache_key(ws: Workspace) -> str | None:
+    """The cache key of the data as it is now, or None where it is not here."""
+    from .data.cache import cache_key
+
+    root = ws.synthetic_root if ws.config["data"]["corpus"] == "synthetic" else None
+    try:
+        return cache_key(ws.config, musdb_root=root)
+    except UserError:
+        return None
 
 
 # ----------------------------------------------------------------------------

@@ -33,6 +33,8 @@ from .models import model_kind
 #: Room kept for the report: four figures, tables, metadata (a few MB at
 #: the paper's sizes) with a margin.
 REPORT_BYTES = 50 * 2**20
+#: What an archive holds beyond its arrays: zip headers and the JSON record.
+ARCHIVE_OVERHEAD = 16 * 2**10
 
 
 class NotEnoughSpace(UserError):
@@ -95,9 +97,9 @@ def check_output_folder(folder, needed_bytes: int, what: str) -> None:
     check_writable(folder)
     free = shutil.disk_usage(_existing_ancestor(folder)).free
     if free < needed_bytes:
-        raise NotEnoughSpace(f"{what} need about {human_bytes(needed_bytes)} in {folder}, but its disk has "
-                             f"{human_bytes(free)} free: free {human_bytes(needed_bytes - free)} or more there, "
-                             "or choose another --workdir")
+        raise NotEnoughSpace(f"not enough space for {what} in {folder}: about {human_bytes(needed_bytes)} needed, "
+                             f"{human_bytes(free)} free on its disk; free {human_bytes(needed_bytes - free)} or "
+                             "more there, or choose another --workdir")
 
 
 # ----------------------------------------------------------------- estimates
@@ -123,7 +125,7 @@ def training_bytes(config: dict, units) -> int:
     checkpoint while it is being replaced."""
     n_freq = config["stft"]["n_fft"] // 2 + 1
     itemsize = 8 if config["train"]["dtype"] == "float64" else 4
-    sizes = [model_parameters(kind, n_freq) * itemsize for kind, _ in units]
+    sizes = [model_parameters(kind, n_freq) * itemsize + ARCHIVE_OVERHEAD for kind, _ in units]
     return 4 * sum(sizes) + 3 * max(sizes, default=0)
 
 
@@ -133,7 +135,8 @@ def couplings_bytes(config: dict, n_units: int, n_figure_units: int) -> int:
     n_freq = config["stft"]["n_fft"] // 2 + 1
     nca = config["nca"]
     json_bytes = 4096 + 25 * nca["iterations"] * len(nca["strategies"])
-    figure_bytes = 4 * (len(nca["strategies"]) * n_freq * n_freq + 3 * n_freq * nca["segment_frames"])
+    figure_bytes = (4 * (len(nca["strategies"]) * n_freq * n_freq + 3 * n_freq * nca["segment_frames"])
+                    + ARCHIVE_OVERHEAD)
     return n_units * json_bytes + n_figure_units * figure_bytes
 
 

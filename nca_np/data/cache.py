@@ -311,7 +311,7 @@ def _feature_bytes(plan: _Plan, train_refs: list, test_refs: list) -> int:
     frames = sum(int(musdb_io.track_seconds(ref) * rate) // hop + 1 for ref in train_refs)
     frames += sum(int(min(musdb_io.track_seconds(ref), plan.data.excerpt_seconds) * rate) // hop + 1
                   for ref in test_refs)
-    return 2 * 4 * plan.stft.n_freq * frames
+    return 2 * 4 * plan.stft.n_freq * frames + preflight.ARCHIVE_OVERHEAD * (len(train_refs) + len(test_refs))
 
 
 def _select_excerpt(plan: _Plan, track, previews: dict) -> excerpt_module.Excerpt:
@@ -649,16 +649,21 @@ def open_cache(path) -> FeatureCache:
     return FeatureCache(path, manifest, scaler)
 
 
-def find_cache(config: dict, cache_root) -> Path:
+def find_cache(config: dict, cache_root, *, current_key=None) -> Path:
     """The finished cache under ``cache_root`` made with ``config``'s settings.
 
     For machines without the dataset (where :func:`cache_key` cannot be
     computed): matches the STFT settings, corpus, ``is_wav`` and excerpt
     length recorded in each manifest.
 
+    Args:
+        current_key: called when several caches match (after the data
+            changed): the key of the data as it is now, or None when the
+            data is not on this machine; that cache is taken.
+
     Raises:
-        DataError: no matching cache, or several (name them: remove the
-            stale ones or open one by path).
+        DataError: no matching cache, or several that ``current_key`` does
+            not settle (name them: remove the stale ones or open one by path).
     """
     stft, data = _settings(config)
     wanted = {"stft": stft.as_dict(), "corpus": data.corpus, "is_wav": data.is_wav,
@@ -673,6 +678,9 @@ def find_cache(config: dict, cache_root) -> Path:
             matches.append(manifest_path.parent)
     if not matches:
         raise DataError(f"no feature cache under {cache_root} matches this configuration: {PREPARE_HINT}")
+    if len(matches) > 1 and current_key is not None:
+        key = current_key()
+        matches = [match for match in matches if match.name == key] or matches
     if len(matches) > 1:
         raise DataError(f"{len(matches)} feature caches under {cache_root} match this configuration "
                         f"({', '.join(m.name for m in matches)}): remove the stale ones")
