@@ -10,6 +10,11 @@
 Every stage resumes: a rerun skips finished units and continues an
 interrupted one. Settings come from a profile (configs/<name>.toml) and
 ``--set section.key=value`` overrides.
+
+A failure is one line on standard error, never a traceback for something a
+user can act on: exit status 2 for bad input or settings, 74 for the
+operating system's failures (disk full, read-only or missing folder,
+permission denied: the line names the path), 130 for an interruption.
 """
 
 from __future__ import annotations
