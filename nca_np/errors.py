@@ -28,8 +28,9 @@ OS_ADVICE = {
     "EFBIG": "the file size limit of this session (ulimit -f) or file system is reached: raise it or "
              "choose another --workdir",
     "EROFS": "it is on a read-only file system: choose a writable --workdir",
-    "EACCES": "permission denied: make it writable for this user or choose another --workdir",
-    "EPERM": "the operation is not permitted there: make it writable for this user or choose another --workdir",
+    "EACCES": "permission denied: give this user access to it (write access for outputs) or choose another "
+              "--workdir",
+    "EPERM": "the operation is not permitted there: give this user access to it or choose another --workdir",
     "ENOENT": "it does not exist (moved or deleted while running?): check the path",
     "ENOTDIR": "a part of the path is a file, not a folder: check the path or choose another --workdir",
     "EISDIR": "it is a folder where a file was expected: move the folder away",

@@ -216,8 +216,8 @@ def _zoom_label(bins: int, khz_per_bin: float) -> str:
 
 
 #: The colour bars' labels: what a matrix entry of each figure is.
-COUPLING_LABEL = "coupling (output ← input)"
-COMPOSITION_LABEL = "composition weight (output ← input)"
+COUPLING_LABEL = "coupling weight"
+COMPOSITION_LABEL = "composition weight"
 
 
 def _show_couplings(figure, axis, matrix: numpy.ndarray, bins: int, khz_per_bin: float, title: str,
