@@ -6,9 +6,10 @@ Every stage asks, before it starts its first unit:
   (:func:`check_output_folder`, with the estimates :func:`training_bytes`,
   :func:`couplings_bytes`, :data:`REPORT_BYTES`; the feature cache makes its
   own from the tracks' lengths);
-- will the NCA have any segment to explain (:func:`check_segment_length`
-  from the settings alone, :func:`check_segments` from the prepared cache,
-  counted by the couplings stage's own :func:`~nca_np.experiment.segment_table`);
+- will the NCA have any segment to explain (docs/method.md#protocol:
+  :func:`check_segment_length` from the settings alone, :func:`check_segments`
+  from the prepared cache, counted by the couplings stage's own
+  :func:`~nca_np.experiment.segment_table`);
 - are the units on disk that look finished intact (:func:`discard_damaged`,
   with :func:`json_damage` and :func:`npz_damage`): a damaged one is named,
   removed and computed again instead of being counted as done.

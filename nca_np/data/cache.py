@@ -285,8 +285,9 @@ PREVIEW_TOLERANCE_S = 1.0
 
 
 def _check_preview_fits(name: str, duration: float, preview: tuple) -> None:
-    """A MUSDB18 test track must last to the end of its published excerpt:
-    a shorter one is a truncated download (never used whole, unnoticed)."""
+    """A MUSDB18 test track must last to the end of its published excerpt
+    (docs/method.md#protocol): a shorter one is a truncated download, never
+    used whole without a word."""
     start_s, end_s = preview
     if end_s > duration + PREVIEW_TOLERANCE_S:
         raise DataError(f"test track {name!r} lasts {duration:.1f} s but its published SiSEC 2018 excerpt is "
