@@ -12,6 +12,11 @@
 Every stage resumes: a rerun skips finished units and continues an
 interrupted one. Settings come from a profile (configs/<name>.toml) and
 ``--set section.key=value`` overrides.
+
+A failure is one line on standard error, never a traceback for something a
+user can act on: exit status 2 for bad input or settings, 74 for the
+operating system's failures (disk full, read-only or missing folder,
+permission denied: the line names the path), 130 for an interruption.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from pathlib import Path
 
 from . import backend, experiment
 from .config import load_profile
-from .errors import UserError
+from .errors import UserError, describe_os_error
 from .models import kind_names
 
 STAGE_HELP = {
@@ -130,7 +135,7 @@ def _log(line: str) -> None:
 def run(args) -> int:
     config = load_profile(args.profile, args.overrides)
     backend.use(args.device)
-    ws = experiment.Workspace(args.workdir.resolve(), config)
+    ws = experiment.Workspace(args.workdir.resolve(), config, tuple(args.overrides))
     progress = not args.quiet and sys.stderr.isatty()
     shard = experiment.Shard.parse(getattr(args, "shard", None))
     started = time.perf_counter()
@@ -151,7 +156,7 @@ def run(args) -> int:
         experiment.report_stage(ws, log=_log)
     elif args.plan:
         from .plan import plan
-        print(plan(ws))
+        print(plan(ws, log=_log))
         return 0
     else:
         report = experiment.reproduce(ws, musdb_root=args.musdb_root, shard=shard, progress=progress, log=_log)
@@ -160,13 +165,39 @@ def run(args) -> int:
     return 0
 
 
+#: Exit status of a failure of the operating system (sysexits.h's EX_IOERR).
+EXIT_OS_ERROR = 74
+
+
+def _joined_shard(argv: list[str]) -> list[str]:
+    """``--shard -1/2`` as ``--shard=-1/2``: argparse takes a value that starts
+    with "-" for an option and would fail with its own message, not ours."""
+    joined, position = [], 0
+    while position < len(argv):
+        item = argv[position]
+        if item == "--shard" and position + 1 < len(argv) and argv[position + 1].startswith("-"):
+            joined.append(f"--shard={argv[position + 1]}")
+            position += 2
+            continue
+        joined.append(item)
+        position += 1
+    return joined
+
+
 def main(argv=None) -> int:
+    argv = _joined_shard(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     try:
         return run(args)
     except UserError as exc:
         print(f"nca-np {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        line = describe_os_error(exc, where=args.workdir.resolve())
+        if line is None:
+            raise
+        print(f"nca-np {args.command}: error: {line}", file=sys.stderr)
+        return EXIT_OS_ERROR
     except KeyboardInterrupt:
         print(f"\nnca-np {args.command}: interrupted; rerun the same command to continue where it stopped",
               file=sys.stderr)

@@ -1,7 +1,10 @@
 """Errors a user can act on.
 
 The command line prints any :class:`UserError` as one line (no traceback)
-and exits with status 2; everything else is a bug and keeps its traceback.
+and exits with status 2, and the operating system's failures it can name
+(:func:`describe_os_error`: disk full, read-only, permission denied, …)
+as one line with status 74 (``EX_IOERR``); everything else is a bug and
+keeps its traceback.
 """
 
 
@@ -15,3 +18,36 @@ class DataError(UserError):
 
 class ConfigError(UserError):
     """A configuration profile or override is invalid."""
+
+
+#: What to do about the operating system's failures, by errno name; the
+#: command line prints one of these (with the path) instead of a traceback.
+OS_ADVICE = {
+    "ENOSPC": "no space left on its disk: free some space there or choose another --workdir",
+    "EDQUOT": "the disk quota is exceeded: free some space there or choose another --workdir",
+    "EFBIG": "the file size limit of this session (ulimit -f) or file system is reached: raise it or "
+             "choose another --workdir",
+    "EROFS": "it is on a read-only file system: choose a writable --workdir",
+    "EACCES": "permission denied: give this user access to it (write access for outputs) or choose another "
+              "--workdir",
+    "EPERM": "the operation is not permitted there: give this user access to it or choose another --workdir",
+    "ENOENT": "it does not exist (moved or deleted while running?): check the path",
+    "ENOTDIR": "a part of the path is a file, not a folder: check the path or choose another --workdir",
+    "EISDIR": "it is a folder where a file was expected: move the folder away",
+    "EIO": "input/output error: the disk or network file system failed; check it",
+    "ENAMETOOLONG": "the path is too long for the file system: choose a shorter --workdir",
+}
+
+
+def describe_os_error(exc: OSError, where=None) -> str | None:
+    """One line for an ``OSError`` of a kind in :data:`OS_ADVICE`: the path
+    (or ``where`` when the error names none) and what to do; None for other
+    kinds (those are bugs and keep their traceback)."""
+    import errno
+
+    name = errno.errorcode.get(exc.errno or -1)
+    if name not in OS_ADVICE:
+        return None
+    path = exc.filename if exc.filename is not None else (f"a file under {where}" if where else "a file")
+    also = f" (and {exc.filename2})" if exc.filename2 is not None else ""
+    return f"cannot use {path}{also}: {OS_ADVICE[name]}; then run the same command again (finished work is kept)"

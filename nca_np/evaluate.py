@@ -206,7 +206,7 @@ def evaluate_stage(ws, *, musdb_root=None, shard=None, kinds=None, progress=True
             unit = evaluate_unit(ws, kind, run, entry, excerpt, module=module, record=record)
             log(_unit_line(unit))
     finally:
-        _record_time(ws, "evaluate", shard, time.perf_counter() - started)
+        _record_time(evaluation_dir(ws), "evaluate", shard, time.perf_counter() - started)
 
 
 def _record_tracks(ws, cache) -> None:

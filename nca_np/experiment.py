@@ -7,14 +7,23 @@ Data flows one way, through files under one working folder::
     train     ► runs/<profile>-<hash>/<kind>/run_NN/       checkpoint, model
     evaluate  ► evaluation/<profile>-<hash>/<kind>/run_NN/tNNNNN.json  BSS Eval per test track
     couplings ► couplings/<profile>-<hash>/<kind>/sNNNN.json  one per segment
-    report    ► results/<profile>/               tables, figures, metadata
+    report    ► results/<profile>-<hash>/        tables, figures, metadata
+                results/<profile>-latest         the last one reported (a link, see below)
 
 A unit of work — one training run, one (model, segment) pair of NCA fits —
 ends by writing its file atomically, so a rerun skips what exists and
 continues what was interrupted. ``--shard i/n`` takes every n-th unit of
 the sorted unit list, starting at i (0 ≤ i < n). Every artefact carries the
 hash of the configuration that made it and the code version; the report
-refuses to mix them.
+refuses to mix them. Each stage's wall time is kept with what it made
+(``timings/`` in the cache, the runs, the couplings), and each stage first
+removes the temporaries a killed run left in its folder and runs the checks
+of :mod:`nca_np.preflight`.
+
+``results/<profile>-latest`` is a relative symbolic link to the folder the
+last report of that profile went to; where the file system has no symbolic
+links it is a text file ``results/<profile>-latest.txt`` holding the
+folder's name instead.
 """
 
 from __future__ import annotations
@@ -27,11 +36,11 @@ from pathlib import Path
 
 import numpy
 
-from . import __version__, backend
-from .atomic import save_npz, write_json
+from . import __version__, backend, preflight
+from .atomic import remove_stale_temporaries, save_npz, write_json
 from .config import config_hash
 from .errors import UserError
-from .train import FINAL_MODEL, TrainSettings, load_model, train
+from .train import CHECKPOINT, FINAL_MODEL, TrainSettings, load_model, train
 
 FIGURE_SEGMENT = 0  # Figure 3 shows the first segment of the first test excerpt
 
@@ -61,6 +70,8 @@ class Workspace:
 
     root: Path
     config: dict
+    #: the ``--set`` overrides given on the command line (recorded in the report)
+    overrides: tuple = ()
 
     @property
     def profile(self) -> str:
@@ -90,10 +101,17 @@ class Workspace:
 
     @property
     def results_dir(self) -> Path:
-        return self.root / "results" / self.profile
+        return self.root / "results" / f"{self.profile}-{config_hash(self.config)}"
+
+    @property
+    def latest_results(self) -> Path:
+        """The link to the last results folder of this profile."""
+        return self.root / "results" / f"{self.profile}-latest"
 
     @property
     def timings_dir(self) -> Path:
+        """The couplings stage's wall-time records (each stage keeps its own
+        ``timings/`` beside what it made: cache, runs, couplings)."""
         return self.couplings_dir / "timings"
 
     def run_dir(self, kind: str, run: int) -> Path:
@@ -126,9 +144,10 @@ class Shard:
         return f"{self.index}of{self.count}"
 
 
-def _record_time(ws: Workspace, stage: str, shard: Shard, seconds: float) -> None:
-    """Add a stage's wall time to its record (summed over resumptions)."""
-    path = ws.timings_dir / f"{stage}-{shard}.json"
+def _record_time(folder: Path, stage: str, shard: Shard, seconds: float) -> None:
+    """Add a stage's wall time to its record in ``folder/timings`` (summed
+    over resumptions), beside what the stage made."""
+    path = Path(folder) / "timings" / f"{stage}-{shard}.json"
     previous = json.loads(path.read_text())["seconds"] if path.exists() else 0.0
     write_json(path, {"stage": stage, "shard": str(shard), "seconds": previous + seconds,
                       "backend": backend.name(), "device": backend.device_description()})
@@ -148,12 +167,17 @@ def synth_stage(ws: Workspace, *, log=print) -> Path:
     from .data.synth import generate_corpus
 
     data = ws.config["data"]
+    # 16-bit stereo wav: the mixture and four sources
+    corpus_bytes = 5 * 2 * 2 * 44100 * (data["synth_train_tracks"] * data["synth_seconds"]
+                                        + data["synth_test_tracks"] * data["synth_test_seconds"])
+    preflight.check_output_folder(ws.synthetic_root, corpus_bytes - preflight.bytes_under(ws.synthetic_root),
+                                  "the synthetic corpus")
     started = time.perf_counter()
     root = generate_corpus(ws.synthetic_root, n_train=data["synth_train_tracks"], n_test=data["synth_test_tracks"],
                            seconds=data["synth_seconds"], test_seconds=data["synth_test_seconds"],
                            seed=data["synth_seed"])
     seconds = time.perf_counter() - started
-    _record_time(ws, "synth", Shard(), seconds)
+    _record_time(root, "synth", Shard(), seconds)
     log(f"synthetic corpus ready at {root} ({seconds:.1f} s)")
     return root
 
@@ -169,7 +193,7 @@ def prepare_stage(ws: Workspace, *, musdb_root=None, progress=True, log=print) -
         musdb_root = ws.synthetic_root
     started = time.perf_counter()
     path = prepare_cache(ws.config, ws.cache_root, musdb_root=musdb_root, progress=progress, log=log)
-    _record_time(ws, "prepare", Shard(), time.perf_counter() - started)
+    _record_time(path, "prepare", Shard(), time.perf_counter() - started)
     log(f"features ready in {path}")
     return path
 
@@ -179,7 +203,18 @@ def open_prepared_cache(ws: Workspace):
     recorded settings (the audio itself may be on another machine)."""
     from .data.cache import find_cache, open_cache
 
-    return open_cache(find_cache(ws.config, ws.cache_root))
+    return open_cache(find_cache(ws.config, ws.cache_root, current_key=lambda: _current_cache_key(ws)))
+
+
+def _current_cache_key(ws: Workspace) -> str | None:
+    """The cache key of the data as it is now, or None where it is not here."""
+    from .data.cache import cache_key
+
+    root = ws.synthetic_root if ws.config["data"]["corpus"] == "synthetic" else None
+    try:
+        return cache_key(ws.config, musdb_root=root)
+    except UserError:
+        return None
 
 
 # ----------------------------------------------------------------------------
@@ -218,11 +253,17 @@ def train_stage(ws: Workspace, *, shard=Shard(), kinds=None, runs=None, progress
     """Train every (kind, run) unit of this shard that is not finished."""
     config = ws.config
     units = shard.select(training_units(config, kinds, runs))
+    remove_stale_temporaries(ws.runs_dir, log=log)
+    preflight.discard_damaged(_run_file_checks(ws, units), log=log,
+                              consequence="that run is trained again from its last intact checkpoint, if any")
     todo = [u for u in units if not (ws.run_dir(*u) / FINAL_MODEL).exists()]
     log(f"train: {len(units)} runs in this shard, {len(units) - len(todo)} already finished")
     if not todo:
         return
     cache = open_prepared_cache(ws)
+    preflight.check_segments(segment_table(cache, config["nca"]["segment_frames"]), cache, config)
+    preflight.check_output_folder(ws.runs_dir, preflight.training_bytes(config, todo),
+                                  f"the {len(todo)} training run(s)")
     module = backend.xp()
     data = config["data"]
     source = cache.train_frames(module=module, device_budget_bytes=_device_budget(data, module, log),
@@ -237,7 +278,19 @@ def train_stage(ws: Workspace, *, shard=Shard(), kinds=None, runs=None, progress
             last = meta["history"][-1]
             log(f"trained {kind} run {run}: {len(meta['history'])} epochs, final loss {last['loss']:.6g}")
     finally:
-        _record_time(ws, "train", shard, time.perf_counter() - started)
+        _record_time(ws.runs_dir, "train", shard, time.perf_counter() - started)
+
+
+def _run_file_checks(ws: Workspace, units) -> list:
+    """:func:`preflight.discard_damaged` checks of the runs' final models and checkpoints."""
+    def damage(*arrays):
+        return lambda path: preflight.npz_damage(path, arrays)
+    checks = []
+    for unit in units:
+        folder = ws.run_dir(*unit)
+        checks.append((folder / FINAL_MODEL, damage("meta", "param_0"), ()))
+        checks.append((folder / CHECKPOINT, damage("meta", "param_0", "adam_m_0"), ()))
+    return checks
 
 
 # ----------------------------------------------------------------------------
@@ -319,17 +372,24 @@ def fit_unit(config: dict, model, mixture, vocals, *, init_seed: int) -> tuple[d
 def couplings_stage(ws: Workspace, *, shard=Shard(), kinds=None, progress=True, log=print) -> None:
     """Fit both NCA strategies for every (kind, segment) unit of this shard."""
     config = ws.config
+    remove_stale_temporaries(ws.couplings_dir, log=log)
     cache = open_prepared_cache(ws)
     segments = segment_table(cache, config["nca"]["segment_frames"])
+    preflight.check_segments(segments, cache, config)
     segments_path = ws.couplings_dir / "segments.json"
-    if not segments_path.exists() or json.loads(segments_path.read_text()) != segments:
+    if preflight.json_damage(segments_path, holds=list) or json.loads(segments_path.read_text()) != segments:
         write_json(segments_path, segments)
     units = shard.select(couplings_units(config, segments, kinds))
+    preflight.discard_damaged(((_unit_path(ws, *u), _unit_damage, [_unit_path(ws, *u).with_suffix(".npz")])
+                               for u in units), log=log)
     todo = [u for u in units if not _unit_path(ws, *u).exists()]
     log(f"couplings: {len(units)} (model, segment) units in this shard, {len(units) - len(todo)} already done")
     if not todo:
         return
     _require_trained(ws, {(kind, unit_draws(config, kind, seg["number"])[0]) for kind, seg in todo})
+    n_figure = sum(seg["number"] == FIGURE_SEGMENT for _, seg in todo)
+    preflight.check_output_folder(ws.couplings_dir, preflight.couplings_bytes(config, len(todo), n_figure),
+                                  f"the {len(todo)} couplings unit(s)")
     module = backend.xp()
     version, chash = code_version(), config_hash(config)
     started = time.perf_counter()
@@ -356,7 +416,29 @@ def couplings_stage(ws: Workspace, *, shard=Shard(), kinds=None, progress=True, 
             write_json(_unit_path(ws, kind, segment), unit)
             log(_unit_line(unit))
     finally:
-        _record_time(ws, "couplings", shard, time.perf_counter() - started)
+        _record_time(ws.couplings_dir, "couplings", shard, time.perf_counter() - started)
+
+
+#: What every couplings unit file holds (a file without them is damaged).
+UNIT_KEYS = ("config_hash", "code_version", "kind", "segment", "run", "strategies", "baselines")
+
+
+def _unit_damage(path: Path) -> str | None:
+    """Why a couplings unit file cannot count as done (None: it can): not
+    JSON, keys missing, or, for the segment of Figure 3, its matrices
+    (the ``.npz`` beside it) missing or damaged."""
+    reason = preflight.json_damage(path, UNIT_KEYS)
+    if reason is not None:
+        return reason
+    unit = json.loads(path.read_text(encoding="utf-8"))
+    if unit["segment"].get("number") != FIGURE_SEGMENT:
+        return None
+    matrices = path.with_suffix(".npz")
+    if not matrices.exists():
+        return f"the matrices of Figure 3 ({matrices.name}) are missing"
+    reason = preflight.npz_damage(matrices, ["mixture", "vocals", "target"]
+                                  + [f"C_{strategy}" for strategy in unit["strategies"]])
+    return None if reason is None else f"its Figure 3 matrices {matrices.name}: {reason}"
 
 
 def _unit_line(unit: dict) -> str:
@@ -407,6 +489,11 @@ def _load_units(ws: Workspace, segments: list[dict]) -> list[dict]:
         raise UserError(f"cannot report: {len(missing)} of {len(expected)} couplings units are missing "
                         f"({', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}); "
                         "run `nca-np couplings` for every shard first")
+    for kind, seg in expected:
+        reason = preflight.json_damage(_unit_path(ws, kind, seg), UNIT_KEYS)
+        if reason is not None:
+            raise UserError(f"cannot report: the couplings unit {_unit_path(ws, kind, seg)} is damaged ({reason}); "
+                            "run `nca-np couplings` again: it recomputes that unit")
     units = [json.loads(_unit_path(ws, kind, seg).read_text()) for kind, seg in expected]
     for what, values in (("configurations", {u["config_hash"] for u in units}),
                          ("code versions", {u["code_version"] for u in units})):
@@ -428,10 +515,29 @@ def _trained_models(ws: Workspace):
         yield kind, run, model, meta
 
 
-def _stage_times(ws: Workspace) -> dict:
+def _prepared_cache_or_none(ws: Workspace):
+    """The prepared cache, or None where it is not (the report can be made
+    on a machine holding only the runs and couplings)."""
+    try:
+        return open_prepared_cache(ws)
+    except UserError:
+        return None
+
+
+def _timing_records(ws: Workspace, cache) -> list[Path]:
+    """The wall-time records of every stage, each kept with what it made."""
+    from .evaluate import evaluation_dir
+
+    folders = [ws.synthetic_root, cache.path if cache is not None else None, ws.runs_dir, ws.couplings_dir,
+               evaluation_dir(ws)]
+    return [path for folder in folders if folder is not None
+            for path in sorted((Path(folder) / "timings").glob("*.json"))]
+
+
+def _stage_times(records: list[Path]) -> dict:
     """Wall time per stage, summed over shards and resumptions."""
     totals: dict[str, float] = {}
-    for path in sorted(ws.timings_dir.glob("*.json")):
+    for path in records:
         record = json.loads(path.read_text())
         totals[record["stage"]] = totals.get(record["stage"], 0.0) + record["seconds"]
     return {stage: round(seconds, 1) for stage, seconds in sorted(totals.items())}
@@ -444,11 +550,17 @@ def report_stage(ws: Workspace, *, log=print) -> Path:
     from .report import write_report
 
     config = ws.config
+    remove_stale_temporaries(ws.results_dir, log=log)
     segments_path = ws.couplings_dir / "segments.json"
     if not segments_path.exists():
         raise UserError(f"cannot report: no couplings results for this configuration in {ws.couplings_dir}; "
                         "run `nca-np couplings` first")
+    if preflight.json_damage(segments_path, holds=list) is not None:
+        raise UserError(f"cannot report: {segments_path} is damaged; run `nca-np couplings` again to rewrite it")
     segments = json.loads(segments_path.read_text())
+    if not segments:
+        raise UserError(f"cannot report: {segments_path} lists no NCA segment (nca.segment_frames is longer than "
+                        "every test excerpt); run `nca-np couplings` again for its advice")
     units = _load_units(ws, segments)
     kinds = list(config["train"]["kinds"])
     histories = {kind: [] for kind in kinds}
@@ -462,26 +574,76 @@ def report_stage(ws: Workspace, *, log=print) -> Path:
     linear_compositions = {kind: sums[kind] / config["train"]["runs"] for kind in kinds}
     figure = _figure_segment(ws, segments[FIGURE_SEGMENT], kinds)
     settings = StftSettings.from_config(config["stft"])
+    cache = _prepared_cache_or_none(ws)
+    timings = _timing_records(ws, cache)
     metadata = {
         "profile": ws.profile, "config": config, "config_hash": config_hash(config),
         "composition": config["nca"]["composition"], "code_version": units[0]["code_version"],
         "seeds": {"train": {str(r): run_seed(config, r) for r in range(config["train"]["runs"])},
                   "nca": config["nca"]["seed"],
                   "drawn_runs": {f"{u['kind']}/{u['segment']['id']}": u["run"] for u in units}},
-        "versions": {"training": training_versions, "report": backend.versions()}, "backend": _stage_records(ws, "backend"), "device": _stage_records(ws, "device"),
-        "wall_time_seconds": _stage_times(ws), "n_segments": len(segments),
+        "versions": {"training": training_versions, "report": backend.versions()}, "backend": _stage_records(timings, "backend"), "device": _stage_records(timings, "device"),
+        "wall_time_seconds": _stage_times(timings), "n_segments": len(segments),
+        "data": data_record(ws, cache), "overrides": list(ws.overrides),
     }
+    preflight.check_output_folder(ws.results_dir, preflight.REPORT_BYTES, "the report")
     paths = write_report(ws.results_dir, units=units, kinds=kinds, strategies=list(config["nca"]["strategies"]),
                          histories=histories, linear_compositions=linear_compositions, figure_segment=figure,
-                         sample_rate=settings.sample_rate, n_fft=settings.n_fft, metadata=metadata,
+                         sample_rate=settings.sample_rate, n_fft=settings.n_fft, metadata=metadata, hop=settings.hop,
                          separation=_separation_results(ws))
-    log(f"report written to {ws.results_dir / 'report.md'} ({len(paths)} files)")
+    latest = _point_latest(ws)
+    log(f"report written to {ws.results_dir / 'report.md'} ({len(paths)} files; latest of profile "
+        f"{ws.profile}: {latest.relative_to(ws.root)})")
     return ws.results_dir / "report.md"
 
 
-def _stage_records(ws: Workspace, key: str) -> list[str]:
+def _stage_records(records: list[Path], key: str) -> list[str]:
     """The distinct values of ``key`` (backend, device) over the stages run."""
-    return sorted({json.loads(p.read_text()).get(key, "unknown") for p in ws.timings_dir.glob("*.json")})
+    return sorted({json.loads(p.read_text()).get(key, "unknown") for p in records})
+
+
+#: How the report names each source of test excerpts (see nca_np.data.excerpts).
+CUT_LISTS = {"sisec2018": "the published SiSEC 2018 list", "activation-confidence": "activation confidence",
+             "whole-track": "whole track (shorter than an excerpt)"}
+
+
+def data_record(ws: Workspace, cache) -> dict:
+    """Where the data came from: corpus, root, and the cut list the test
+    excerpts were taken from (counted in the prepared cache)."""
+    record = {"corpus": ws.config["data"]["corpus"], "root": None, "cut_list": None, "cache": None}
+    if cache is None:
+        record["cut_list"] = "not recorded (the feature cache is not on this machine)"
+        return record
+    counts: dict[str, int] = {}
+    for entry in cache.manifest["test"]:
+        counts[entry["source"]] = counts.get(entry["source"], 0) + 1
+    record["root"] = cache.manifest["data"]["root"]
+    record["cut_list"] = "; ".join(f"{CUT_LISTS.get(source, source)} ({n} excerpt{'s' if n != 1 else ''})"
+                                   for source, n in sorted(counts.items()))
+    record["cache"] = cache.key
+    return record
+
+
+def _point_latest(ws: Workspace) -> Path:
+    """Make ``results/<profile>-latest`` point at this report's folder: a
+    relative symbolic link, replaced atomically; where the file system has
+    none, the text file ``<profile>-latest.txt`` holding the folder's name."""
+    import os
+
+    from .atomic import temporary_path, write_text
+
+    link, target = ws.latest_results, ws.results_dir.name
+    pointer = link.with_name(link.name + ".txt")
+    tmp = temporary_path(link)
+    try:
+        os.symlink(target, tmp, target_is_directory=True)
+        os.replace(tmp, link)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        write_text(pointer, target + "\n")
+        return pointer
+    pointer.unlink(missing_ok=True)
+    return link
 
 
 def _figure_segment(ws: Workspace, segment: dict, kinds) -> dict:
@@ -501,7 +663,9 @@ def _figure_segment(ws: Workspace, segment: dict, kinds) -> dict:
 
 
 def reproduce(ws: Workspace, *, musdb_root=None, shard=Shard(), progress=True, log=print) -> Path | None:
-    """Every stage in order; each skips what is already done."""
+    """Every stage in order; each skips what is already done. What could
+    fail late is checked first (:mod:`nca_np.preflight`)."""
+    preflight.check_segment_length(ws.config)
     if shard.count == 1:
         prepare_stage(ws, musdb_root=musdb_root, progress=progress, log=log)
     else:  # shards started together must not all write the same cache
@@ -510,6 +674,7 @@ def reproduce(ws: Workspace, *, musdb_root=None, shard=Shard(), progress=True, l
         except UserError:
             raise UserError("sharded runs read a prepared cache: run `nca-np prepare` once before "
                             "starting the shards") from None
+    _check_room_for_the_rest(ws, shard)
     train_stage(ws, shard=shard, progress=progress, log=log)
     evaluate_where_possible(ws, musdb_root=musdb_root, shard=shard, progress=progress, log=log)
     couplings_stage(ws, shard=shard, progress=progress, log=log)
@@ -517,3 +682,18 @@ def reproduce(ws: Workspace, *, musdb_root=None, shard=Shard(), progress=True, l
         log(f"shard {shard.index}/{shard.count} done; run `nca-np report` once every shard has finished")
         return None
     return report_stage(ws, log=log)
+
+
+def _check_room_for_the_rest(ws: Workspace, shard: Shard) -> None:
+    """Before the first training: NCA segments exist, and the work folder
+    has room for every unit left to this shard and the report."""
+    config = ws.config
+    cache = open_prepared_cache(ws)
+    segments = segment_table(cache, config["nca"]["segment_frames"])
+    preflight.check_segments(segments, cache, config)
+    trainings = [u for u in shard.select(training_units(config)) if not (ws.run_dir(*u) / FINAL_MODEL).exists()]
+    fits = [u for u in shard.select(couplings_units(config, segments)) if not _unit_path(ws, *u).exists()]
+    n_figure = sum(seg["number"] == FIGURE_SEGMENT for _, seg in fits)
+    needed = (preflight.training_bytes(config, trainings) + preflight.couplings_bytes(config, len(fits), n_figure)
+              + preflight.REPORT_BYTES)
+    preflight.check_output_folder(ws.root, needed, "the training runs, couplings and report left to do")

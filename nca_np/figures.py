@@ -187,9 +187,20 @@ def _panel_row(n_panels: int, height: float):
 
 
 def _save_png(figure: Figure, path: Path, dpi: int) -> None:
-    # No "Software" entry: the PNG then depends on the pixels only.
+    # No "Software" entry: the PNG then depends on the pixels only. A tight
+    # box keeps every label, the outermost colour bars' ticks included.
     with atomic_open(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=dpi, metadata={"Software": None})
+        figure.savefig(handle, format="png", dpi=dpi, metadata={"Software": None}, bbox_inches="tight",
+                       pad_inches=0.08)
+
+
+def _colour_bar(figure, axis, image, label: str) -> None:
+    """A labelled colour bar beside ``axis``; values below 0.01 or from 1000
+    up are written as a few digits times a power of ten shown once on top,
+    so the tick labels stay short."""
+    bar = figure.colorbar(image, ax=axis, shrink=0.85, label=label)
+    bar.formatter.set_powerlimits((-2, 3))
+    bar.update_ticks()
 
 
 def _not_available(axis, text: str) -> None:
@@ -204,8 +215,13 @@ def _zoom_label(bins: int, khz_per_bin: float) -> str:
     return f"zoom ≤ {(bins - 1) * khz_per_bin:.2g} kHz"
 
 
+#: The colour bars' labels: what a matrix entry of each figure is.
+COUPLING_LABEL = "coupling weight"
+COMPOSITION_LABEL = "composition weight"
+
+
 def _show_couplings(figure, axis, matrix: numpy.ndarray, bins: int, khz_per_bin: float, title: str,
-                    *, percentile: float = CLIP_PERCENTILE) -> None:
+                    *, percentile: float = CLIP_PERCENTILE, label: str = COUPLING_LABEL) -> None:
     """One (F, F) (output × input) couplings matrix over its lowest ``bins``
     bins, frequencies in kHz, diverging colours symmetric about 0 and
     clipped at the ``percentile``-th percentile of |values|."""
@@ -222,20 +238,25 @@ def _show_couplings(figure, axis, matrix: numpy.ndarray, bins: int, khz_per_bin:
     axis.set_xlabel("input frequency (kHz)")
     axis.set_ylabel("output frequency (kHz)")
     axis.set_title(title + (f"\n(means of {factor}×{factor} bins)" if factor > 1 else ""), fontsize="medium")
-    figure.colorbar(image, ax=axis, shrink=0.85)
+    _colour_bar(figure, axis, image, label)
 
 
-def _show_spectrum(figure, axis, spectrum: numpy.ndarray, bins: int, khz_per_bin: float, title: str) -> None:
-    """The lowest ``bins`` bins of an (F, T) spectrum in dB, frames along x
-    (magnitudes span a wide range; dB is how spectrograms are read)."""
+def _show_spectrum(figure, axis, spectrum: numpy.ndarray, bins: int, khz_per_bin: float, title: str,
+                   seconds_per_frame: float | None = None) -> None:
+    """The lowest ``bins`` bins of an (F, T) spectrum in dB, time along x:
+    seconds from the segment's start when ``seconds_per_frame`` (hop /
+    sample rate) is known, else frames (magnitudes span a wide range; dB is
+    how spectrograms are read)."""
     levels, top = decibels(spectrum[:bins])
+    step = seconds_per_frame or 1.0
     image = axis.imshow(levels, origin="lower", aspect="auto", cmap="magma", interpolation="antialiased",
                         vmin=top - DYNAMIC_RANGE_DB, vmax=top,
-                        extent=(-0.5, levels.shape[1] - 0.5, -0.5 * khz_per_bin, (bins - 0.5) * khz_per_bin))
-    axis.set_xlabel("frame")
+                        extent=(-0.5 * step, (levels.shape[1] - 0.5) * step,
+                                -0.5 * khz_per_bin, (bins - 0.5) * khz_per_bin))
+    axis.set_xlabel("time in the segment (s)" if seconds_per_frame else "frame")
     axis.set_ylabel("frequency (kHz)")
     axis.set_title(title, fontsize="medium")
-    figure.colorbar(image, ax=axis, shrink=0.85, label="dB")
+    _colour_bar(figure, axis, image, "level (dB)")
 
 
 def _show_missing(axes, titles, text: str) -> None:
@@ -259,7 +280,7 @@ def _couplings_pair(figure, axes, matrix, name: str, strategy: str, sample_rate,
                     percentile=ZOOM_CLIP_PERCENTILE)
 
 
-def _target_pair(figure, axes, target, kind: str, name: str, sample_rate, n_fft) -> None:
+def _target_pair(figure, axes, target, kind: str, name: str, sample_rate, n_fft, hop=None) -> None:
     """Two Figure 3 panels: the (F, T) target V in full and zoomed on its
     lowest bins, or "not available" when ``target`` is None."""
     full, zoom = axes
@@ -269,8 +290,10 @@ def _target_pair(figure, axes, target, kind: str, name: str, sample_rate, n_fft)
         return
     khz_per_bin = sample_rate / n_fft / 1000.0
     bins = zoom_bins(target.shape[0], sample_rate, n_fft)
-    _show_spectrum(figure, full, target, target.shape[0], khz_per_bin, label)
-    _show_spectrum(figure, zoom, target, bins, khz_per_bin, f"{name}: V · {_zoom_label(bins, khz_per_bin)}")
+    seconds = hop / sample_rate if hop else None
+    _show_spectrum(figure, full, target, target.shape[0], khz_per_bin, label, seconds)
+    _show_spectrum(figure, zoom, target, bins, khz_per_bin, f"{name}: V · {_zoom_label(bins, khz_per_bin)}",
+                   seconds)
 
 
 # ---------------------------------------------------------------- figures
@@ -294,13 +317,13 @@ def plot_linear_compositions(path: Path, linear_compositions: dict, models: dict
             continue
         matrix = linear_compositions[kind]
         title = f"{name}: TOD-R {metrics.tod_r(matrix):.2f}"
-        _show_couplings(figure, axis, matrix, matrix.shape[0], khz_per_bin, title)
+        _show_couplings(figure, axis, matrix, matrix.shape[0], khz_per_bin, title, label=COMPOSITION_LABEL)
     figure.suptitle("Figure 2: linear compositions (Eqs. 11–13), mean over training runs")
     _save_png(figure, path, dpi)
 
 
 def plot_couplings(path: Path, figure_segment: dict, models: dict, strategies, *, sample_rate, n_fft,
-                   dpi=DPI) -> None:
+                   dpi=DPI, hop=None) -> None:
     """Figure 3: per model, each strategy's couplings (full and low-bin zoom)
     in one row per strategy, and a last row with the target V.
 
@@ -311,7 +334,15 @@ def plot_couplings(path: Path, figure_segment: dict, models: dict, strategies, *
             available".
         models: ``{kind: display name}``, two columns each, in this order.
         strategies: the NCA strategies, one row each, in this order.
+        hop: the STFT hop in samples; with it the target's time axis is in
+            seconds, without it in frames.
     """
+    figure = couplings_figure(figure_segment, models, strategies, sample_rate=sample_rate, n_fft=n_fft, hop=hop)
+    _save_png(figure, path, dpi)
+
+
+def couplings_figure(figure_segment: dict, models: dict, strategies, *, sample_rate, n_fft, hop=None) -> Figure:
+    """The :class:`~matplotlib.figure.Figure` that :func:`plot_couplings` saves."""
     figure_segment = figure_segment or {}
     figure = _figure(3.3 * 2 * len(models), 3.0 * (len(strategies) + 1))
     grid = figure.subplots(len(strategies) + 1, 2 * len(models), squeeze=False)
@@ -320,11 +351,11 @@ def plot_couplings(path: Path, figure_segment: dict, models: dict, strategies, *
         pairs = grid[:, 2 * column:2 * column + 2]  # (strategies + 1, 2) axes
         for axes, strategy in zip(pairs, strategies):
             _couplings_pair(figure, axes, entry.get(f"C_{strategy}"), name, strategy, sample_rate, n_fft)
-        _target_pair(figure, pairs[-1], entry.get("target"), kind, name, sample_rate, n_fft)
+        _target_pair(figure, pairs[-1], entry.get("target"), kind, name, sample_rate, n_fft, hop)
     track = figure_segment.get("track", "?")
     index = figure_segment.get("segment_index", "?")
     figure.suptitle(f"Figure 3: couplings matrices, track {track}, segment {index}")
-    _save_png(figure, path, dpi)
+    return figure
 
 
 def plot_training_loss(path: Path, histories: dict, models: dict, *, dpi=DPI) -> None:
@@ -347,7 +378,8 @@ def plot_training_loss(path: Path, histories: dict, models: dict, *, dpi=DPI) ->
         for run_epochs, losses in curves:
             axis.plot(run_epochs, losses, color="0.55", linewidth=0.7, alpha=0.8)
         axis.plot(epochs, means, color="C3", linewidth=2.0,
-                  label=f"mean over the {len(runs)} runs\n(of those still training)")
+                  label=(f"mean over the {len(runs)} runs\n(of those still training)" if len(runs) != 1
+                         else "the only run"))
         axis.set_yscale("log")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_xlabel("epoch")
@@ -396,7 +428,7 @@ def plot_nca_convergence(path: Path, units, models: dict, strategies, *, dpi=DPI
 
 def write_figures(out_dir: Path, *, units, models: dict, strategies, histories: dict,
                   linear_compositions: dict, figure_segment: dict, sample_rate, n_fft,
-                  dpi: int = DPI) -> list[Path]:
+                  dpi: int = DPI, hop=None) -> list[Path]:
     """Draw the four figures into ``out_dir`` (file names in :data:`FIGURE_FILES`).
 
     Args:
@@ -405,7 +437,8 @@ def write_figures(out_dir: Path, *, units, models: dict, strategies, histories: 
         histories: as for :func:`plot_training_loss`.
         linear_compositions: as for :func:`plot_linear_compositions`.
         figure_segment: as for :func:`plot_couplings`.
-        sample_rate: Hz; ``n_fft``: FFT size.
+        sample_rate: Hz; ``n_fft``: FFT size; ``hop``: STFT hop (samples),
+            for Figure 3's time axis (None: frames).
         dpi: resolution of the PNGs.
 
     Returns:
@@ -415,7 +448,7 @@ def write_figures(out_dir: Path, *, units, models: dict, strategies, histories: 
     plot_linear_compositions(paths["figure2"], linear_compositions, models, sample_rate=sample_rate,
                              n_fft=n_fft, dpi=dpi)
     plot_couplings(paths["figure3"], figure_segment, models, strategies, sample_rate=sample_rate, n_fft=n_fft,
-                   dpi=dpi)
+                   dpi=dpi, hop=hop)
     plot_training_loss(paths["training"], histories, models, dpi=dpi)
     plot_nca_convergence(paths["convergence"], units, models, strategies, dpi=dpi)
     return list(paths.values())

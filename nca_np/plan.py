@@ -3,7 +3,10 @@
 :func:`plan` counts the units of work of every stage and those already
 finished, then estimates the time left from a short calibration on this
 machine (:func:`measure_step_times`): seconds per training step and per NCA iteration
-of each model, measured on random data of the configuration's sizes.
+of each model, measured on random data of the configuration's sizes. The
+calibration takes minutes at the paper's sizes, so it says so first, with
+its own estimate (:func:`calibration_seconds`), and it is skipped when
+nothing is left to do.
 """
 
 from __future__ import annotations
@@ -16,20 +19,21 @@ from . import backend
 from .config import config_hash
 from .errors import UserError
 from .experiment import Workspace, open_prepared_cache, training_units
-from .models import build_model
+from .models import build_model, model_kind
 from .train import CHECKPOINT, FINAL_MODEL
 
 
 
-def plan(ws: Workspace, *, calibrate=True) -> str:
+def plan(ws: Workspace, *, calibrate=True, log=None) -> str:
     """What ``reproduce`` would do, what is done, and how long the rest
-    should take on this machine (from a short calibration)."""
+    should take on this machine (from a short calibration, announced to
+    ``log`` with its expected length before it starts)."""
     config = ws.config
     lines = [f"profile {ws.profile} (configuration {config_hash(config)}), backend {backend.device_description()}"]
     trainings = training_units(config)
     finished = [u for u in trainings if (ws.run_dir(*u) / FINAL_MODEL).exists()]
     started = [u for u in trainings if u not in finished and (ws.run_dir(*u) / CHECKPOINT).exists()]
-    lines.append(f"trainings: {len(trainings)} ({len(config['train']['kinds'])} models × {config['train']['runs']} runs); "
+    lines.append(f"trainings: {len(trainings)} ({len(config['train']['kinds'])} models × {config['train']['runs']} run{'s' if config['train']['runs'] != 1 else ''}); "
                  f"{len(finished)} finished, {len(started)} interrupted (will resume)")
     n_frames, n_segments, source = _data_size(ws)
     done = sum(1 for p in ws.couplings_dir.glob("*/s[0-9]*.json")) if ws.couplings_dir.exists() else 0
@@ -37,8 +41,17 @@ def plan(ws: Workspace, *, calibrate=True) -> str:
     lines.append(f"NCA: {n_segments} segments × {len(config['train']['kinds'])} models = {n_units} units, "
                  f"strategies {', '.join(config['nca']['strategies'])}, {config['nca']['iterations']} iterations; "
                  f"{done} done  ({source})")
-    if calibrate:
+    if len(finished) == len(trainings) and done >= n_units:
+        lines.append("estimate: nothing left to do")
+    elif calibrate:
+        if log:
+            log(f"calibrating on {backend.device_description()}: timing a training step and the NCA iterations "
+                f"of each model on random data of this configuration's sizes (about "
+                f"{_duration(calibration_seconds(config))}) …")
+        begin = time.perf_counter()
         step, iterations = measure_step_times(config)
+        if log:
+            log(f"calibrated in {_duration(time.perf_counter() - begin)}")
         epochs = config["train"]["max_epochs"]
         batches = -(-n_frames // config["train"]["batch_size"])
         epoch_s = sum(step[kind] for kind, run in trainings if (kind, run) not in finished) * batches
@@ -75,6 +88,59 @@ def _data_size(ws: Workspace) -> tuple[int, int, str]:
     frames = int(train_seconds * stft["sample_rate"] / stft["hop"])
     per_excerpt = int(data["excerpt_seconds"] * stft["sample_rate"] / stft["hop"]) // config["nca"]["segment_frames"]
     return frames, per_excerpt * n_test, "estimated before preparation"
+
+
+def _fastest(fn, module, repeats: int = 5) -> float:
+    """The shortest of ``repeats`` timed calls of ``fn()`` (after one warm-up)."""
+    fn()
+    backend.synchronize(module)
+    best = float("inf")
+    for _ in range(repeats):
+        begin = time.perf_counter()
+        fn()
+        backend.synchronize(module)
+        best = min(best, time.perf_counter() - begin)
+    return best
+
+
+def calibration_seconds(config: dict, *, budget: float = 0.3) -> float:
+    """About how long :func:`measure_step_times` takes here, from three
+    probes of a few milliseconds: one (F, F)·(F, T) product, one
+    elementwise pass over F² values, one host draw of F² normals.
+
+    Each timed call of :func:`_seconds_per_call` costs a warm-up and at
+    least two calls or ``budget`` seconds. Counted per call, per model of
+    L layers: a training step ≈ 3L products of B frames and Adam over the
+    weights; an NCA fit of n iterations ≈ the model's forward pass and the
+    initial draws, then per iteration 2 products (student) or 3L products
+    and L (F, F)·(F, F) ones (compositional and any other strategy).
+    """
+    module = backend.xp()
+    n_freq, frames = config["stft"]["n_fft"] // 2 + 1, config["nca"]["segment_frames"]
+    rng = backend.rng(0)
+    square = backend.to_device(rng.uniform(0, 1, (n_freq, n_freq)).astype(numpy.float32), module)
+    segment = backend.to_device(rng.uniform(0, 1, (n_freq, frames)).astype(numpy.float32), module)
+    product = _fastest(lambda: square @ segment, module)
+    elementwise = _fastest(lambda: module.multiply(square, 0.5, out=square), module)
+    draw = _fastest(lambda: rng.standard_normal((n_freq, n_freq)), numpy, repeats=1)
+    square_product = product * n_freq / frames
+
+    def timed(cost):
+        return cost + max(2 * cost, budget + cost / 2)
+
+    total = 0.0
+    for kind in config["train"]["kinds"]:
+        layers = model_kind(kind).n_layers
+        total += timed(3 * layers * product * config["train"]["batch_size"] / frames + 30 * layers * elementwise)
+        for strategy in config["nca"]["strategies"]:
+            for n in (6, 2):
+                if strategy == "student":
+                    cost = layers * product + draw + n * (2 * product + 15 * elementwise)
+                else:
+                    cost = (layers * (product + draw + square_product)
+                            + n * layers * (3 * product + square_product + 25 * elementwise))
+                total += timed(cost)
+    return total
 
 
 def _seconds_per_call(fn, module, *, budget=0.3) -> float:

@@ -437,9 +437,26 @@ def _training_text(histories: dict, kinds) -> str:
     """'each trained 10 times …', or the count per model when they differ."""
     counts = {kind: len(histories.get(kind, [])) for kind in kinds}
     if len(set(counts.values())) == 1:
-        return f"each trained {counts[kinds[0]]} times from different random initialisations"
-    per_model = ", ".join(f"{display_name(k)} {n}" for k, n in counts.items())
-    return f"trained from different random initialisations ({per_model} runs)"
+        count = counts[kinds[0]]
+        if count == 1:
+            return "each trained once from a random initialisation"
+        return f"each trained {count} times from different random initialisations"
+    per_model = ", ".join(f"{display_name(k)} {_count(n, 'run')}" for k, n in counts.items())
+    return f"trained from different random initialisations ({per_model})"
+
+
+def _data_text(metadata: dict) -> str | None:
+    """'Data: root …; test excerpts from …. Command-line overrides: …', from
+    ``metadata["data"]`` and ``metadata["overrides"]`` (None when neither is there)."""
+    data, overrides = metadata.get("data"), metadata.get("overrides")
+    parts = []
+    if isinstance(data, dict):
+        parts.append(f"Data from `{_escape(data.get('root') or 'an unrecorded folder')}`; test excerpts from "
+                     f"{_escape(data.get('cut_list') or 'an unrecorded cut list')}.")
+    if overrides is not None:
+        listed = ", ".join(f"`{_escape(item)}`" for item in overrides)
+        parts.append(f"Command-line overrides of the profile: {listed or 'none'}.")
+    return " ".join(parts) or None
 
 
 def _run_paragraph(context: dict, kinds, strategies, histories, metadata, n_freq, sample_rate, n_fft) -> str:
@@ -450,9 +467,13 @@ def _run_paragraph(context: dict, kinds, strategies, histories, metadata, n_freq
         f"Profile **{profile or 'not recorded'}** on the **{corpus or 'not recorded'}** corpus.",
         f"Models {', '.join(display_name(k) for k in kinds)}, {_training_text(histories, kinds)}.",
         f"Neural couplings ({', '.join(strategies)}) fitted on {_count(context['n_segments'], 'segment')} "
-        f"of T = {context['frames']} frames from {_count(context['n_tracks'], 'test track')}; for each "
-        "segment and model one trained run, drawn at random.",
+        f"of T = {context['frames']} frames from {_count(context['n_tracks'], 'test track')}; "
+        + ("for each segment and model one trained run, drawn at random." if _runs_per_model(histories) != 1
+           else "each model through its one trained run."),
     ]
+    data_text = _data_text(metadata)
+    if data_text:
+        parts.append(data_text)
     if n_freq:
         parts.append(f"F = {n_freq} frequency bins, {sample_rate / n_fft:.2f} Hz apart "
                      f"(sample rate {sample_rate} Hz, FFT size {n_fft}).")
@@ -507,14 +528,22 @@ def _zoom_text(n_freq, sample_rate, n_fft) -> str:
     return f"{(zoom_bins(n_freq, sample_rate, n_fft) - 1) * sample_rate / n_fft / 1000:.2g} kHz"
 
 
-def _figure_section(linear_compositions: dict, figure_segment, kinds, strategies, zoom: str) -> list[str]:
+def _runs_per_model(histories: dict) -> int | None:
+    """The number of runs of every model, or None when it differs."""
+    counts = {len(runs) for runs in (histories or {}).values()}
+    return counts.pop() if len(counts) == 1 else None
+
+
+def _figure_section(linear_compositions: dict, figure_segment, kinds, strategies, zoom: str,
+                    histories=None) -> list[str]:
     """Captions and links of the four figures (``zoom``: where Figure 3's
     zoom ends, as text)."""
     track = figure_segment.get("track", "?") if figure_segment else "?"
     index = figure_segment.get("segment_index", "?") if figure_segment else "?"
+    runs = "of its one training run" if _runs_per_model(histories) == 1 else "averaged over the training runs"
     return [
-        ("**Figure 2.** The linear composition of each model's weights (Eqs. 11–13), averaged over the "
-         f"training runs; colour scale clipped at the {CLIP_PERCENTILE:g}th percentile of |values|."
+        ("**Figure 2.** The linear composition of each model's weights (Eqs. 11–13), "
+         f"{runs}; colour scale clipped at the {CLIP_PERCENTILE:g}th percentile of |values|."
          f"{_linear_tod_r_text(linear_compositions, kinds)}\n"),
         f"![Figure 2: linear compositions]({FIGURE_FILES['figure2']})\n",
         (f"**Figure 3.** Couplings matrices of track {_escape(track)}, segment {index}: one row per NCA "
@@ -524,8 +553,9 @@ def _figure_section(linear_compositions: dict, figure_segment, kinds, strategies
          "beside the diagonal); the last row shows the target V (the model's decoder output, the mask "
          "for SF) of the same segment in dB, over all bins and over the zoomed bins.\n"),
         f"![Figure 3: couplings of one segment]({FIGURE_FILES['figure3']})\n",
-        "**Training loss** per epoch of every run (thin) and, per epoch, the mean over the runs still "
-        "training then (thick), log scale.\n",
+        ("**Training loss** per epoch of every run (thin) and, per epoch, the mean over the runs still "
+         "training then (thick), log scale.\n" if _runs_per_model(histories) != 1 else
+         "**Training loss** per epoch of each model's one run, log scale.\n"),
         f"![Training loss]({FIGURE_FILES['training']})\n",
         "**NCA convergence**: the L1 error E (Eq. 15) per iteration, median and inter-quartile band over "
         "segments, log scale.\n",
@@ -564,7 +594,7 @@ def render_report(tables: dict, *, units, kinds, strategies, histories, linear_c
         sections += separation_section(*separation)
     zoom = _zoom_text(n_freq, sample_rate, n_fft)
     sections.append("## Figures\n")
-    sections += _figure_section(linear_compositions, figure_segment, kinds, strategies, zoom)
+    sections += _figure_section(linear_compositions, figure_segment, kinds, strategies, zoom, histories)
     sections += [
         "## Training runs\n",
         _training_table(histories, kinds),
@@ -667,7 +697,7 @@ def _frequency_bins(linear_compositions: dict, figure_segment: dict, kinds) -> i
 
 
 def write_report(out_dir, *, units, kinds, strategies, histories, linear_compositions,
-                 figure_segment, sample_rate, n_fft, metadata, dpi: int = DPI, separation=None,
+                 figure_segment, sample_rate, n_fft, metadata, dpi: int = DPI, hop=None, separation=None,
                  extra_tod_r=None) -> list[Path]:
     """Write the report folder (see the module docstring for its files).
 
@@ -690,6 +720,7 @@ def write_report(out_dir, *, units, kinds, strategies, histories, linear_composi
             and ``corpus`` (or ``config.data.corpus``) name the run in the
             report's opening paragraph.
         dpi: resolution of the PNG figures.
+        hop: the STFT hop (samples), for Figure 3's time axis in seconds.
         separation: None (no separation section), or ``{"units": [...],
             "note": str | None}`` (:func:`nca_np.evaluate.report_inputs`):
             with units, the separation table (``table_separation.csv``,
@@ -726,7 +757,7 @@ def write_report(out_dir, *, units, kinds, strategies, histories, linear_composi
     written = [out_dir / name for name in [*CSV_FILES.values(), "tables.json", "metadata.json"]]
     written += write_figures(out_dir, units=units, models={kind: display_name(kind) for kind in kinds},
                              strategies=strategies, histories=histories, linear_compositions=linear,
-                             figure_segment=segment, sample_rate=sample_rate, n_fft=n_fft, dpi=dpi)
+                             figure_segment=segment, sample_rate=sample_rate, n_fft=n_fft, dpi=dpi, hop=hop)
     if separation_table is not None:
         written += _write_separation(out_dir, separation_table, separation_units, units, kinds, strategies,
                                      extra_tod_r, dpi)

@@ -1,5 +1,7 @@
 """Every bad dataset input, tried through the command line: one clear line
-on standard error, exit status 2, no traceback, and no half-written cache."""
+on standard error, exit status 2, no traceback, and no half-written cache
+(no temporary file, no empty folder). More failures (disk, kills, damaged
+units) are in test_failures.py."""
 
 import os
 import shutil
@@ -32,6 +34,8 @@ def assert_one_clear_line(result, *needles, workdir):
         assert str(needle) in lines[0], (needle, lines[0])
     cache = workdir / "cache"
     assert not list(cache.rglob("manifest.json")) and not list(cache.rglob(".*.tmp"))
+    empty = [p for p in [cache, *cache.rglob("*")] if p.is_dir() and not any(p.iterdir())]
+    assert not empty, empty  # a failed preparation leaves no empty cache/<key>/ folders
 
 
 def good_tree(root):

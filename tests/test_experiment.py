@@ -35,7 +35,7 @@ def nca(workdir, *args, check=True):
 
 
 def _results(workdir):
-    return workdir / "results" / "tiny"
+    return workdir / "results" / "tiny-latest"
 
 
 def _unit_files(workdir):
@@ -54,7 +54,7 @@ def reference(tmp_path_factory):
 def test_reproduce_writes_every_artefact(reference):
     workdir, result = reference
     results = _results(workdir)
-    assert f"report: {results / 'report.md'}" in result.stdout
+    assert f"report: {results.resolve() / 'report.md'}" in result.stdout
     report = (results / "report.md").read_text()
     for needle in ("Table 1", "Table 2", "Table 3", "paper's reading"):
         assert needle in report

@@ -111,3 +111,39 @@ def test_write_figures_with_missing_pieces(tmp_path):
     inputs["histories"]["dae"] = []
     inputs["units"] = [u for u in inputs["units"] if u["kind"] != "sf"]
     assert_drawn(figures.write_figures(tmp_path, dpi=TEST_DPI, **inputs))
+
+
+def test_figure3_labels_every_colour_bar_and_gives_time_in_seconds():
+    inputs = figure_inputs()
+    hop = 3
+    figure = figures.couplings_figure(inputs["figure_segment"], MODELS, STRATEGIES, sample_rate=SAMPLE_RATE,
+                                      n_fft=N_FFT, hop=hop)
+    bars = [axis for axis in figure.axes if axis.get_label() == "<colorbar>"]
+    assert len(bars) == 2 * len(MODELS) * (len(STRATEGIES) + 1)
+    assert {bar.get_ylabel() for bar in bars} == {figures.COUPLING_LABEL, "level (dB)"}
+    spectra = [axis for axis in figure.axes if axis.get_xlabel() == "time in the segment (s)"]
+    assert len(spectra) == 2 * len(MODELS)
+    seconds_per_frame = hop / SAMPLE_RATE
+    assert spectra[0].get_xlim() == pytest.approx((-0.5 * seconds_per_frame, (N_FRAMES - 0.5) * seconds_per_frame))
+
+
+def test_no_label_touches_the_edge_of_a_figure(tmp_path):
+    """Tick labels of the right-most colour bars (long ones, like 0.00012)
+    and every other label lie inside the picture: its outer band is blank."""
+    from matplotlib.image import imread
+
+    n_freq = 257  # the demo's F: at this size the edges used to cut labels
+    rng = numpy.random.default_rng(1)
+    inputs = figure_inputs()
+    inputs["n_fft"] = 2 * (n_freq - 1)
+    inputs["linear_compositions"] = {kind: 1.234e-4 * rng.standard_normal((n_freq, n_freq)) for kind in MODELS}
+    for kind in MODELS:
+        inputs["figure_segment"][kind] = {"target": rng.random((n_freq, N_FRAMES)),
+                                          **{f"C_{s}": 1.234e-4 * rng.standard_normal((n_freq, n_freq))
+                                             for s in STRATEGIES}}
+    paths = figures.write_figures(tmp_path, dpi=figures.DPI, **inputs)
+    for path in paths:
+        pixels = imread(path)[..., :3]
+        band = numpy.concatenate([pixels[:2].reshape(-1, 3), pixels[-2:].reshape(-1, 3),
+                                  pixels[:, :2].reshape(-1, 3), pixels[:, -2:].reshape(-1, 3)])
+        assert band.min() > 0.95, path.name

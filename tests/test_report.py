@@ -361,3 +361,29 @@ def test_report_with_separation_scores_and_with_a_note(tmp_path):
     assert list(series) == ["NCA student", "NCA compositional", "exact reference"]
     assert series["NCA student"]["sf"] == [u["strategies"]["student"]["tod_r"] for u in inputs["units"]
                                            if u["kind"] == "sf"]
+
+
+def test_one_run_per_model_is_said_in_the_singular():
+    inputs = report_inputs()
+    inputs["histories"] = {kind: [history(0)] for kind in KINDS}
+    inputs["metadata"].update(data={"root": "/data/musdb18", "cut_list": "the published SiSEC 2018 list (50 excerpts)"},
+                              overrides=["train.runs=1", "nca.seed=3"])
+    del inputs["units"], inputs["kinds"], inputs["strategies"]
+    text = report.render_report(report.summarise(make_units(), kinds=KINDS, strategies=STRATEGIES),
+                                units=make_units(), kinds=KINDS, strategies=STRATEGIES, n_freq=N_FREQ, **inputs)
+    header = text.split("\n\n")[2]
+    assert "each trained once from a random initialisation" in header
+    assert "each model through its one trained run" in header
+    assert "Data from `/data/musdb18`; test excerpts from the published SiSEC 2018 list (50 excerpts)." in header
+    assert "Command-line overrides of the profile: `train.runs=1`, `nca.seed=3`." in header
+    assert "of its one training run" in text and "each model's one run" in text
+    for plural in ("1 times", "the 1 runs", "drawn at random"):
+        assert plural not in text
+
+
+def test_several_runs_keep_the_plural():
+    inputs = report_inputs()
+    header = report.render_report(report.summarise(inputs.pop("units"), kinds=KINDS, strategies=STRATEGIES),
+                                  units=make_units(), n_freq=N_FREQ, **inputs).split("\n\n")[2]
+    assert "each trained 2 times from different random initialisations" in header
+    assert "Data from" not in header and "overrides" not in header  # neither was given

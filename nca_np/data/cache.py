@@ -16,9 +16,16 @@ reads audio. It writes, under ``<cache_root>/<key>/``::
 
 Magnitudes are stored unscaled; readers apply the scaler. The key
 (:func:`cache_key`) hashes everything that changes the features (STFT
-settings, corpus, data root, ``is_wav``, excerpt length, the audio files'
-sizes and times, :data:`FEATURE_FORMAT_VERSION`), so changed settings never
-meet stale features. Each track is a unit written atomically, marker last;
+settings, corpus, ``is_wav``, excerpt length, the audio files' paths within
+the data root, sizes and times, :data:`FEATURE_FORMAT_VERSION`), so changed
+settings never meet stale features; where the data root lies is left out,
+so a moved work folder (with its built-in corpus) keeps its cache.
+
+Before the first track is read, :func:`prepare_cache` checks what could
+fail late: every test track of corpus "musdb18" lasts to the end of its
+published excerpt (read from the files' headers), the cache's folder can
+be written and its disk has room for the features. A preparation that
+fails leaves no empty folder behind. Each track is a unit written atomically, marker last;
 an interrupted preparation resumes at the first unfinished track, and the
 Scaler, fitted in the same streaming pass over the training mixtures (never
 all frames in memory), resumes from the state stored with the last finished
@@ -39,7 +46,8 @@ from pathlib import Path
 import numpy
 
 from .. import backend
-from ..atomic import atomic_open, write_json
+from .. import preflight
+from ..atomic import atomic_open, make_folder, remove_empty_folders, write_json
 from ..errors import ConfigError, DataError
 from ..features import Scaler, StftSettings, stft_magnitude
 from ..frames import DEFAULT_BLOCK_FRAMES, DEFAULT_BLOCKS_IN_MEMORY, NpyRows, choose_frame_source
@@ -128,7 +136,6 @@ def _plan(config: dict, musdb_root=None) -> _Plan:
         "format_version": FEATURE_FORMAT_VERSION,
         "stft": stft.as_dict(),
         "corpus": data.corpus,
-        "root": str(root),
         "is_wav": data.is_wav,
         "excerpt_seconds": data.excerpt_seconds,
         "files": musdb_io.data_fingerprint(train + test),
@@ -241,9 +248,12 @@ def _check_previews(plan: _Plan) -> dict:
     return previews
 
 
-def _prepare_train_track(plan: _Plan, folder: Path, index: int, ref, scaler: Scaler) -> dict:
+def _prepare_train_track(plan: _Plan, folder: Path, index: int, ref, scaler: Scaler, log) -> dict:
     """Features of one training track, the Scaler updated with its mixture frames."""
     track = musdb_io.load_track(ref)
+    if not numpy.any(track.vocals):
+        log(f"warning: the vocals of training track {ref.name!r} are silent (all zeros): it teaches the models "
+            "to output silence for its mixture; remove it from the dataset if that is not intended")
     mixture = stft_magnitude(track.mixture, plan.stft)
     vocals = stft_magnitude(track.vocals, plan.stft)
     files = _unit_files(_unit_stem(folder, "train", index))
@@ -269,18 +279,52 @@ def _resume_point(plan: _Plan, folder: Path) -> tuple[int, Scaler]:
     return done, Scaler.load(_unit_files(_unit_stem(folder, "train", done - 1))["scaler"])
 
 
+#: A MUSDB18 test track may end this much before the end of its published
+#: excerpt (decoders differ by a few thousand samples); shorter is truncated.
+PREVIEW_TOLERANCE_S = 1.0
+
+
+def _check_preview_fits(name: str, duration: float, preview: tuple) -> None:
+    """A MUSDB18 test track must last to the end of its published excerpt
+    (docs/method.md#protocol): a shorter one is a truncated download, never
+    used whole without a word."""
+    start_s, end_s = preview
+    if end_s > duration + PREVIEW_TOLERANCE_S:
+        raise DataError(f"test track {name!r} lasts {duration:.1f} s but its published SiSEC 2018 excerpt is "
+                        f"{start_s:g}-{end_s:g} s: the audio is truncated or not MUSDB18's; download or extract "
+                        "it again, or set data.corpus = \"synthetic\" to take excerpts by activation confidence "
+                        "from the audio there is")
+
+
+def _check_test_lengths(plan: _Plan, refs: list, previews: dict) -> None:
+    """Every test track against the published cut list, from the files'
+    headers, before any audio is decoded (corpus "musdb18" only)."""
+    if plan.data.corpus != "musdb18":
+        return
+    for ref in refs:
+        _check_preview_fits(ref.name, musdb_io.track_seconds(ref), previews[ref.name])
+
+
+def _feature_bytes(plan: _Plan, train_refs: list, test_refs: list) -> int:
+    """Bytes of the features: mixture and vocals, float32, of every training
+    frame and every test excerpt's frames (from the files' headers)."""
+    rate, hop = plan.stft.sample_rate, plan.stft.hop
+    frames = sum(int(musdb_io.track_seconds(ref) * rate) // hop + 1 for ref in train_refs)
+    frames += sum(int(min(musdb_io.track_seconds(ref), plan.data.excerpt_seconds) * rate) // hop + 1
+                  for ref in test_refs)
+    return 2 * 4 * plan.stft.n_freq * frames + preflight.ARCHIVE_OVERHEAD * (len(train_refs) + len(test_refs))
+
+
 def _select_excerpt(plan: _Plan, track, previews: dict) -> excerpt_module.Excerpt:
     """The test excerpt of one track (MATH.md §6)."""
     seconds = plan.data.excerpt_seconds
     duration = track.n_samples / track.sample_rate
-    if duration < seconds:
-        return excerpt_module.Excerpt(track.name, 0.0, float(duration), "whole-track")
     if plan.data.corpus == "musdb18":
         start_s, end_s = previews[track.name]
-        if end_s > duration + 1.0:
-            raise DataError(f"test track {track.name!r} lasts {duration:.1f} s but its SiSEC 2018 preview is "
-                            f"{start_s:g}-{end_s:g} s: the audio is truncated or not MUSDB18's; extract it again")
+        _check_preview_fits(track.name, duration, (start_s, end_s))
         return excerpt_module.Excerpt(track.name, float(start_s), float(end_s), "sisec2018")
+    if duration < seconds:
+        return excerpt_module.Excerpt(track.name, 0.0, float(duration), "whole-track")
     sources = [track.sources[name] for name in musdb_io.SOURCES]
     start_s, end_s = excerpt_module.activation_confidence_excerpt(sources, track.sample_rate, seconds)
     return excerpt_module.Excerpt(track.name, float(start_s), float(end_s), "activation-confidence")
@@ -367,24 +411,33 @@ def prepare_cache(config: dict, cache_root, *, musdb_root=None, progress: bool =
     if _is_complete(folder, plan.key, log):
         log(f"feature cache {folder} is up to date")
         return folder
-    previews = _check_previews(plan)  # before any audio is read
-    folder.mkdir(parents=True, exist_ok=True)
-    _remove_temporaries(folder)
+    # Everything that can fail without reading audio, before any is read.
+    previews = _check_previews(plan)
     train_refs, test_refs = _musdb_tracks(plan, "train"), _musdb_tracks(plan, "test")
-    done, scaler = _resume_point(plan, folder)
-    if done:
-        log(f"resuming the feature cache {folder}: {done} of {len(train_refs)} training tracks already done")
-    with tqdm(total=len(train_refs) + len(test_refs), initial=done, disable=not progress, unit="track",
-              desc="prepare") as bar:
-        _prepare_training(plan, folder, train_refs, done, scaler, bar, log)
-        _prepare_tests(plan, folder, test_refs, previews, bar, log)
-    return _finish(plan, folder, train_refs, test_refs, log)
+    _check_test_lengths(plan, test_refs, previews)
+    needed = _feature_bytes(plan, train_refs, test_refs) - preflight.bytes_under(folder)
+    preflight.check_output_folder(folder, needed, "the features")
+    created = make_folder(folder)
+    try:
+        _remove_temporaries(folder)
+        done, scaler = _resume_point(plan, folder)
+        if done:
+            log(f"resuming the feature cache {folder}: {done} of {len(train_refs)} training tracks already done")
+        with tqdm(total=len(train_refs) + len(test_refs), initial=done, disable=not progress, unit="track",
+                  desc="prepare") as bar:
+            _prepare_training(plan, folder, train_refs, done, scaler, bar, log)
+            _prepare_tests(plan, folder, test_refs, previews, bar, log)
+        return _finish(plan, folder, train_refs, test_refs, log)
+    except BaseException:
+        # finished tracks stay for the next run; folders left empty go
+        remove_empty_folders([folder / "train", folder / "test", *created])
+        raise
 
 
 def _prepare_training(plan: _Plan, folder: Path, refs: list, done: int, scaler: Scaler, bar, log) -> None:
     """Training units ``done`` onwards, in order (the Scaler's pass is sequential), then ``scaler.npz``."""
     for index in range(done, len(refs)):
-        marker = _prepare_train_track(plan, folder, index, refs[index], scaler)
+        marker = _prepare_train_track(plan, folder, index, refs[index], scaler, log)
         log(f"train {index + 1}/{len(refs)} {marker['name']}: {marker['n_frames']} frames")
         bar.update(1)
     scaler.save(folder / SCALER)
@@ -602,16 +655,21 @@ def open_cache(path) -> FeatureCache:
     return FeatureCache(path, manifest, scaler)
 
 
-def find_cache(config: dict, cache_root) -> Path:
+def find_cache(config: dict, cache_root, *, current_key=None) -> Path:
     """The finished cache under ``cache_root`` made with ``config``'s settings.
 
     For machines without the dataset (where :func:`cache_key` cannot be
     computed): matches the STFT settings, corpus, ``is_wav`` and excerpt
     length recorded in each manifest.
 
+    Args:
+        current_key: called when several caches match (after the data
+            changed): the key of the data as it is now, or None when the
+            data is not on this machine; that cache is taken.
+
     Raises:
-        DataError: no matching cache, or several (name them: remove the
-            stale ones or open one by path).
+        DataError: no matching cache, or several that ``current_key`` does
+            not settle (name them: remove the stale ones or open one by path).
     """
     stft, data = _settings(config)
     wanted = {"stft": stft.as_dict(), "corpus": data.corpus, "is_wav": data.is_wav,
@@ -626,6 +684,9 @@ def find_cache(config: dict, cache_root) -> Path:
             matches.append(manifest_path.parent)
     if not matches:
         raise DataError(f"no feature cache under {cache_root} matches this configuration: {PREPARE_HINT}")
+    if len(matches) > 1 and current_key is not None:
+        key = current_key()
+        matches = [match for match in matches if match.name == key] or matches
     if len(matches) > 1:
         raise DataError(f"{len(matches)} feature caches under {cache_root} match this configuration "
                         f"({', '.join(m.name for m in matches)}): remove the stale ones")

@@ -132,8 +132,15 @@ def _subset_folder(root: Path, subset: str) -> Path:
                     "extract the whole dataset there")
 
 
+def is_resource_file(path: Path) -> bool:
+    """macOS's AppleDouble companion ``._<name>`` (written beside every file
+    copied to a foreign file system): metadata, no audio; ignored."""
+    return path.name.startswith("._")
+
+
 def _has_wav(folder: Path) -> bool:
-    return any(entry.is_file() and entry.suffix.lower() == ".wav" for entry in folder.iterdir())
+    return any(entry.is_file() and entry.suffix.lower() == ".wav" and not is_resource_file(entry)
+               for entry in folder.iterdir())
 
 
 def _check_wav_track(folder: Path, subset_folder: Path) -> None:
@@ -204,7 +211,8 @@ def scan_tracks(root, subset: str, *, is_wav: bool) -> list[TrackRef]:
     """
     root = Path(root)
     subset_folder = _subset_folder(root, subset)
-    entries = sorted(subset_folder.iterdir(), key=lambda entry: entry.name)
+    entries = sorted((entry for entry in subset_folder.iterdir() if not is_resource_file(entry)),
+                     key=lambda entry: entry.name)
     folders = [entry for entry in entries if entry.is_dir()]
     stem_files = [entry for entry in entries if entry.is_file() and entry.name.endswith(STEM_SUFFIX)]
     if not folders and not stem_files:
@@ -237,12 +245,34 @@ def _musdb_database(root: Path, subset: str, is_wav: bool, refs=()):
     import musdb
 
     try:
+        if not is_wav and any(is_resource_file(path) for path in (root / subset).glob(f"*{STEM_SUFFIX}")):
+            return _database_of(musdb.DB(root=str(root), subsets=[], is_wav=False), refs)
         return musdb.DB(root=str(root), subsets=[subset], is_wav=is_wav)
     except Exception as exc:  # musdb and stempeg fail with many exception types
         culprit = _first_unprobeable(refs)
         where = f"{culprit} cannot be read by ffprobe" if culprit else _first_line(exc)
         raise DataError(f"musdb could not list {root / subset}: {where}; the file is damaged, "
                         "download or extract it again") from exc
+
+
+def _database_of(database, refs):
+    """``database`` (a musdb.DB listing nothing) holding the stem tracks of
+    ``refs``, built as musdb builds them. musdb takes every ``*.stem.mp4``
+    for a track, macOS's ``._`` resource files too, and fails probing those."""
+    import musdb
+
+    setup = database.setup
+    tracks = []
+    for ref in refs:
+        track = musdb.MultiTrack(name=ref.name, path=str(ref.path), subset=ref.subset, is_wav=False,
+                                 stem_id=setup["stem_ids"]["mixture"], sample_rate=database.sample_rate)
+        track.sources = {name: musdb.Source(track, name=name, path=str(ref.path), stem_id=setup["stem_ids"][name],
+                                            sample_rate=database.sample_rate)
+                         for name in setup["sources"]}
+        track.targets = database.create_targets(track)
+        tracks.append(track)
+    database.tracks = tracks
+    return database
 
 
 def _first_unprobeable(refs) -> Path | None:
@@ -316,7 +346,7 @@ def _load_wav_track(ref: TrackRef) -> tuple[dict, dict]:
 def _musdb_track(ref: TrackRef):
     if ref.handle is not None:
         return ref.handle
-    for track in _musdb_database(ref.root, ref.subset, ref.is_wav).tracks:
+    for track in _musdb_database(ref.root, ref.subset, ref.is_wav, [ref]).tracks:
         if track.name == ref.name:
             return track
     raise DataError(f"musdb does not list track {ref.name!r} in {ref.root / ref.subset}")
@@ -327,8 +357,9 @@ def _load_stem_track(ref: TrackRef) -> tuple[dict, dict]:
     track = _musdb_track(ref)
     try:
         stems = numpy.asarray(track.stems)
-    except Exception as exc:  # stempeg/ffmpeg failures come in many types
-        raise DataError(f"cannot decode {ref.path}: {_first_line(exc)}; download the track again") from exc
+    except Exception as exc:  # stempeg/ffmpeg failures come in many types, with stempeg's own wording
+        raise DataError(f"ffmpeg cannot decode all the audio of {ref.path}: the file is truncated or damaged "
+                        "(an interrupted download?); download the track again") from exc
     if stems.ndim != 3 or stems.shape[0] < 5:
         raise DataError(f"{ref.path} holds {stems.shape[0] if stems.ndim == 3 else 1} audio stream(s), "
                         "a MUSDB18 stem file holds 5: download the track again")
@@ -385,6 +416,32 @@ def load_track(ref: TrackRef) -> LoadedTrack:
         mixture=signals["mixture"],
         sources={name: signals[name] for name in SOURCES},
     )
+
+
+def track_seconds(ref: TrackRef) -> float:
+    """The length of a track's mixture in seconds, from its file's header
+    (nothing decoded): to check lengths and estimate sizes before any work.
+
+    Raises:
+        DataError: the header cannot be read.
+    """
+    if ref.is_wav:
+        import soundfile
+
+        path = ref.path / WAV_FILES[0]
+        try:
+            info = soundfile.info(str(path))
+        except (RuntimeError, OSError) as exc:
+            raise DataError(f"cannot read {path}: {_first_line(exc)}; the file is damaged, extract it again") from exc
+        return info.frames / info.samplerate
+    if ref.handle is not None and getattr(ref.handle, "duration", None) is not None:
+        return float(ref.handle.duration)
+    import stempeg
+
+    try:
+        return float(stempeg.Info(str(ref.path)).duration(0))
+    except Exception as exc:  # ffprobe failures come in many types
+        raise DataError(f"{ref.path} cannot be read by ffprobe: the file is damaged; download it again") from exc
 
 
 def data_fingerprint(refs) -> list[list]:

@@ -29,6 +29,7 @@ resumes by regenerating exactly the tracks that are incomplete.
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -146,8 +147,8 @@ def _is_complete(folder: Path, n_samples: int, sample_rate: int) -> bool:
 
 
 def _write_track(folder: Path, stems: dict, sample_rate: int) -> None:
-    """Quantise the stems, sum their integers into the mixture, write atomically."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Quantise the stems, sum their integers into the mixture, write atomically
+    (each write creates the folder; one that fails leaves no empty folder)."""
     for stale in folder.glob(".*.tmp"):
         stale.unlink()
     integers = {name: numpy.round(stems[name] * _PCM_SCALE).astype(numpy.int32) for name in STEMS}
@@ -160,8 +161,12 @@ def _write_track(folder: Path, stems: dict, sample_rate: int) -> None:
 
 
 def _write_wav(path: Path, samples: numpy.ndarray, sample_rate: int) -> None:
+    # Encoded in memory first: soundfile swallows the OSError of a failed
+    # write into a file object (a full disk) and fails with an assertion.
+    encoded = io.BytesIO()
+    soundfile.write(encoded, samples, sample_rate, subtype="PCM_16", format="WAV")
     with atomic_open(path, "wb") as stream:
-        soundfile.write(stream, samples, sample_rate, subtype="PCM_16", format="WAV")
+        stream.write(encoded.getbuffer())
 
 
 # --------------------------------------------------------------------------
