@@ -191,6 +191,25 @@ def free_device_bytes(module=None) -> int | None:
     return int(module.cuda.Device().mem_info[0])
 
 
+#: Environment variables that let float32 matrix products use TF32 tensor
+#: cores (10-bit mantissas): CuPy's switch, and NVIDIA's override of every library.
+TF32_VARIABLES = ("CUPY_TF32", "NVIDIA_TF32_OVERRIDE")
+
+
+def tf32_settings() -> dict:
+    """The TF32 switches as set in this process's environment (None: unset)."""
+    return {variable: os.environ.get(variable) for variable in TF32_VARIABLES}
+
+
+def free_memory_pool(module=None) -> None:
+    """Give the device memory pool's unused blocks back to the device (CuPy
+    keeps freed blocks for reuse); a no-op on NumPy. Called between stages."""
+    module = module if module is not None else xp()
+    if module is not numpy and hasattr(module, "get_default_memory_pool"):
+        synchronize(module)
+        module.get_default_memory_pool().free_all_blocks()
+
+
 def versions(*packages: str) -> dict:
     """Versions of what computes the numbers: Python, nca_np, NumPy, the
     active array module, and any installed ``packages`` named (None when

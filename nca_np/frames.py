@@ -33,6 +33,7 @@ from __future__ import annotations
 import numpy
 
 from . import backend
+from .kernels import gather_rows
 
 DEFAULT_BLOCK_FRAMES = 4096
 DEFAULT_BLOCKS_IN_MEMORY = 16
@@ -333,7 +334,8 @@ class DeviceFrames:
     computed in float32.
 
     Batches follow :func:`epoch_order`, drawn on the host from ``rng`` and
-    moved to the device once per epoch: the same batches as
+    moved to the device once per epoch; each batch is gathered and cast to
+    float32 by one fused kernel (:func:`nca_np.kernels.gather_rows`): the same batches as
     :class:`ArrayFrames` with the same data, block settings and ``rng``.
 
     Args:
@@ -362,6 +364,9 @@ class DeviceFrames:
         scale = _host_scale(scale, self.n_freq)
         self._mixture = self._fill(mixture, scale, "mixture")
         self._vocals = self._fill(vocals, scale, "vocals")
+
+    #: Every frame lives in the module's memory (recorded as the run's frame source).
+    device_resident = True
 
     @property
     def storage_dtype(self) -> str:
@@ -405,10 +410,13 @@ class DeviceFrames:
         order = backend.to_device(
             epoch_order(self._lengths, self._block_frames, self._blocks_in_memory, rng), self._module
         )
+        cols = self._module.arange(self.n_freq, dtype=numpy.int64).reshape(1, -1)
         for start in range(0, self.n_frames, batch_size):
-            rows = order[start : start + batch_size]
-            yield (self._mixture[rows].astype(numpy.float32, copy=False),
-                   self._vocals[rows].astype(numpy.float32, copy=False))
+            rows = order[start : start + batch_size].reshape(-1, 1)
+            x = self._module.empty((rows.shape[0], self.n_freq), dtype=numpy.float32)
+            y = self._module.empty((rows.shape[0], self.n_freq), dtype=numpy.float32)
+            gather_rows(self._mixture, self._vocals, rows, cols, x, y)
+            yield x, y
 
 
 def choose_frame_source(mixture, vocals, *, scale=None, module=None, device_budget_bytes: int = 0,

@@ -9,7 +9,8 @@ Adam, with the paper's names, for each parameter θ with gradient ∇ at step
     θ ← θ − η · (m / (1 − β1ᵗ)) / (√(v / (1 − β2ᵗ)) + ε)
 
 The update is a single pass over memory where the array module allows it:
-a fused elementwise kernel on a GPU module that offers one, and on NumPy a
+a fused elementwise kernel on a GPU module that offers one
+(:data:`nca_np.kernels.ADAM`), and on NumPy a
 loop over cache-sized chunks, so the temporaries of the dozen elementwise
 operations never leave the CPU cache and each of θ, ∇, m, v is read from
 main memory once.
@@ -23,6 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy
 
 from .backend import array_module, to_device, to_host
+from .kernels import adam_kernel
 
 
 def adam_step_textbook(theta, grad, m, v, t, lr, beta1, beta2, eps):
@@ -60,25 +62,6 @@ def adam_step_textbook(theta, grad, m, v, t, lr, beta1, beta2, eps):
 #: product occupy the other core, and splitting the update gained nothing.
 CHUNK = 131072
 
-_FUSED_SOURCE = """
-    m = beta1 * m + (1 - beta1) * g;
-    v = beta2 * v + (1 - beta2) * g * g;
-    p -= step_scaled * m / (sqrt(v) + eps_scaled);
-"""
-_fused_kernels: dict[int, object] = {}
-
-
-def _fused_kernel(module):
-    """The fused Adam kernel of a module with ``ElementwiseKernel`` (CuPy)."""
-    kernel = _fused_kernels.get(id(module))
-    if kernel is None:
-        kernel = module.ElementwiseKernel(
-            "T g, T beta1, T beta2, T eps_scaled, T step_scaled",
-            "T p, T m, T v", _FUSED_SOURCE, "nca_np_adam_update")
-        _fused_kernels[id(module)] = kernel
-    return kernel
-
-
 def _update_range(module, flat, start, stop, chunk, scratch, coefficients):
     """Adam on ``[start, stop)`` of the flat (θ, ∇, m, v), chunk by chunk.
 
@@ -105,6 +88,15 @@ def _update_range(module, flat, start, stop, chunk, scratch, coefficients):
         p_c -= tmp
 
 
+def flush_tiny_moments(moments) -> None:
+    """Set every entry below ``tiny · 2³⁰`` of each array to zero, in place
+    (see :meth:`Adam._flush_tiny_moments`)."""
+    for moment in moments:
+        module = array_module(moment)
+        threshold = float(numpy.finfo(moment.dtype).tiny) * 2.0**30
+        module.multiply(moment, module.abs(moment) >= threshold, out=moment)
+
+
 #: Steps between two flushes of negligible moments (see Adam._flush_tiny_moments).
 FLUSH_EVERY = 100
 
@@ -119,21 +111,25 @@ class Adam:
         lr: step size η.
         beta1, beta2: decay rates of the first and second moments.
         eps: ε, added to the bias-corrected √v.
+        moments: optional ``(m, v)``, two lists of zero arrays shaped like
+            ``params`` to hold the moments (a stacked optimiser hands each
+            run views of its flat buffers, :class:`nca_np.stacked.StackedAdam`).
 
     Attributes:
         t: number of steps taken.
         m, v: first and second moment estimates, one per parameter.
     """
 
-    def __init__(self, params, *, lr=1e-4, beta1=0.9, beta2=0.999, eps=1e-8):
+    def __init__(self, params, *, lr=1e-4, beta1=0.9, beta2=0.999, eps=1e-8, moments=None):
         self.params = params
         self.lr = float(lr)
         self.beta1 = float(beta1)
         self.beta2 = float(beta2)
         self.eps = float(eps)
         self.t = 0
-        self.m = [array_module(p).zeros_like(p) for p in params]
-        self.v = [array_module(p).zeros_like(p) for p in params]
+        if moments is None:
+            moments = ([array_module(p).zeros_like(p) for p in params], [array_module(p).zeros_like(p) for p in params])
+        self.m, self.v = (list(moment) for moment in moments)
         self._scratch = {}
 
     def step(self, grads) -> None:
@@ -152,9 +148,11 @@ class Adam:
         for p, g, m, v in zip(self.params, grads, self.m, self.v):
             if g.shape != p.shape:
                 raise ValueError(f"gradient of shape {tuple(g.shape)} for a parameter of shape {tuple(p.shape)}")
-            module = array_module(p)
-            if hasattr(module, "ElementwiseKernel"):
-                _fused_kernel(module)(g, *(p.dtype.type(x) for x in coefficients), p, m, v)
+            kernel = adam_kernel(array_module(p))
+            if kernel is not None:
+                typed = p.dtype.type
+                kernel(g, typed(self.lr), typed(self.beta1), typed(self.beta2), typed(self.eps * c),
+                       typed(c / (1.0 - self.beta1 ** self.t)), p, m, v)
             else:
                 self._chunked_update(p, g, m, v, coefficients)
         if self.t % FLUSH_EVERY == 0:
@@ -170,10 +168,7 @@ class Adam:
         moment below ``tiny · 2³⁰`` (1.3e-29 in float32) moves θ by less
         than 1e-20 η; flushed every 100 steps it never becomes subnormal.
         """
-        for moment in self.m + self.v:
-            module = array_module(moment)
-            threshold = float(numpy.finfo(moment.dtype).tiny) * 2.0**30
-            module.multiply(moment, module.abs(moment) >= threshold, out=moment)
+        flush_tiny_moments(self.m + self.v)
 
     def _chunked_update(self, p, g, m, v, coefficients):
         """The update over flat views, in cache-sized chunks on NumPy."""

@@ -1,24 +1,38 @@
-"""Training: epochs of shuffled mini-batches, checkpoints, exact resume.
+"""Training: R runs of one model kind at once, checkpoints, exact resume.
 
 A *frame source* (see :mod:`nca_np.frames`) has ``n_frames``, ``n_freq`` and
 ``batches(batch_size, rng)``, which yields ``(X, Y)`` pairs of shape (B, F),
 frames as rows, in an order that depends only on ``rng``.
 
-After every epoch the whole training state — parameters, Adam's moments and
-step count, the schedule, the shuffling generator's state, the scaler, the
-configuration, seed, versions and the loss history — is written atomically
-to ``checkpoint.npz``. A run that is stopped and restarted continues from
-there exactly as if it had never stopped. When the schedule stops the run,
-``model.npz`` is written: its existence marks the run as finished.
+The runs of one model kind train together as one stacked model
+(:mod:`nca_np.stacked`, docs/gradients.md#stacked-training): every run sees
+the same shuffled batches, in an order drawn from the stream
+``backend.stream_key("batch-order", kind)`` of the *order seed* (the
+experiment's ``train.seed``), while each run keeps its own initial weights
+(from its own seed), learning rate, plateau schedule and stopping. A run
+that stops is written and leaves the stack; the others go on.
+
+What is written per run is what a single run writes: after every epoch
+``checkpoint.npz`` — parameters, Adam's moments and step count, the
+schedule, the shuffling generator's state, the scaler, configuration, seed,
+versions and loss history — and, when the schedule stops the run,
+``model.npz``, whose existence marks the run as finished. The checkpoints of
+one epoch are committed in two phases (every run's ``checkpoint.next.npz``,
+then each renamed to ``checkpoint.npz``); a restart finishes or undoes a
+commit that was interrupted (:func:`_settle`), so the runs of a stack always
+resume from the same epoch, exactly as if they had never stopped.
+
+:func:`train` is the same loop with one run.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy
@@ -26,14 +40,16 @@ import numpy
 from . import backend
 from .atomic import save_npz
 from .errors import UserError
-from .models import Model, build_model
-from .optim import Adam, PlateauSchedule
+from .models import Model
+from .optim import PlateauSchedule
+from .stacked import StackedAdam, StackedModel
 
 CHECKPOINT = "checkpoint.npz"
+NEXT_CHECKPOINT = "checkpoint.next.npz"
 FINAL_MODEL = "model.npz"
-#: The batch order is drawn from this stream of the run's seed; the initial
-#: weights come from the seed itself.
-SHUFFLE_STREAM = 1
+#: The runs of a kind share the batch order drawn from this named stream of
+#: the order seed (see :func:`order_rng`).
+ORDER_STREAM = "batch-order"
 
 
 class TrainingDiverged(UserError):
@@ -42,7 +58,7 @@ class TrainingDiverged(UserError):
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """The ``[train]`` values that shape one run (MATH.md §3)."""
+    """The ``[train]`` values that shape one run (docs/method.md#training)."""
 
     batch_size: int = 64
     learning_rate: float = 1e-4
@@ -63,17 +79,29 @@ class TrainSettings:
         return cls(**{k: section[k] for k in cls.__dataclass_fields__ if k in section})
 
 
+def order_rng(kind: str, order_seed: int) -> numpy.random.Generator:
+    """The generator of the batch order shared by every run of ``kind``:
+    stream ``stream_key("batch-order", kind)`` of ``order_seed``."""
+    return backend.rng(order_seed, backend.stream_key(ORDER_STREAM, kind))
+
+
+# ----------------------------------------------------------------------------
+# files
+
+
 def _meta_array(meta: dict) -> numpy.ndarray:
     return numpy.array(json.dumps(meta, sort_keys=True))
 
 
-def save_state(path, model: Model, meta: dict, *, optimizer: Adam | None = None, scaler_state=None) -> None:
-    """Write parameters (and optionally Adam's moments and the scaler) with
-    a JSON ``meta`` record to ``path``, atomically."""
+def save_state(path, model: Model, meta: dict, *, optimizer=None, scaler_state=None) -> None:
+    """Write parameters (and optionally an :class:`~nca_np.optim.Adam`'s
+    moments, through its ``state_dict``, and the scaler) with a JSON
+    ``meta`` record to ``path``, atomically."""
     arrays = {f"param_{i}": backend.to_host(p) for i, p in enumerate(model.params)}
     if optimizer is not None:
-        arrays.update({f"adam_m_{i}": backend.to_host(m) for i, m in enumerate(optimizer.m)})
-        arrays.update({f"adam_v_{i}": backend.to_host(v) for i, v in enumerate(optimizer.v)})
+        state = optimizer.state_dict()
+        arrays.update({f"adam_m_{i}": backend.to_host(m) for i, m in enumerate(state["m"])})
+        arrays.update({f"adam_v_{i}": backend.to_host(v) for i, v in enumerate(state["v"])})
     for name, value in (scaler_state or {}).items():
         arrays[f"scaler_{name}"] = numpy.asarray(value)
     arrays["meta"] = _meta_array(meta)
@@ -92,6 +120,16 @@ def read_state(path) -> tuple[dict, dict]:
     return arrays, meta
 
 
+def _epochs_in(path) -> int:
+    """Epochs recorded in a checkpoint (its meta only)."""
+    try:
+        with numpy.load(path, allow_pickle=False) as data:
+            return len(json.loads(str(data["meta"]))["history"])
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise UserError(f"{path}: not a readable nca_np checkpoint ({type(exc).__name__}: {exc}); "
+                        "delete it to start that run again") from exc
+
+
 def load_model(path, *, module=None) -> tuple[Model, dict, dict]:
     """A model saved by training, on ``module`` (default: the active one).
 
@@ -106,127 +144,363 @@ def load_model(path, *, module=None) -> tuple[Model, dict, dict]:
     return Model(meta["kind"], params), meta, scaler_state
 
 
-def _restore(path, model: Model, optimizer: Adam) -> dict:
-    """Load a checkpoint into ``model`` and ``optimizer``; returns its meta."""
-    arrays, meta = read_state(path)
-    module = backend.array_module(model.params[0])
-    for i in range(len(model.params)):
-        model.params[i] = backend.to_device(arrays[f"param_{i}"], module)
-        optimizer.m[i][...] = backend.to_device(arrays[f"adam_m_{i}"], module)
-        optimizer.v[i][...] = backend.to_device(arrays[f"adam_v_{i}"], module)
-    optimizer.t = meta["adam"]["t"]
-    optimizer.lr = meta["adam"]["lr"]
-    return meta
-
-
-def _check_finite(value: float, epoch: int, step: int, checkpoint: Path) -> None:
-    if math.isfinite(value):
-        return
-    kept = (f"the last good checkpoint is kept at {checkpoint}" if checkpoint.exists()
-            else "no epoch had finished, so there is no checkpoint")
-    raise TrainingDiverged(f"training stopped: the loss became {value} in epoch {epoch + 1} "
-                           f"at step {step}; {kept}; try a lower train.learning_rate")
-
-
 def frame_storage(source) -> str:
     """The precision the training frames are kept in ("float32" unless the
     source stores them more coarsely, as device-resident float16 frames)."""
     return str(getattr(source, "storage_dtype", "float32"))
 
 
-def train(kind: str, source, run_dir, *, settings: TrainSettings, seed: int,
-          scaler_state: dict | None = None, config: dict | None = None,
-          progress: bool = True, log=None, on_epoch_end=None, module=None) -> dict:
-    """Train (or resume training) one model on a frame source.
+def frame_source(source) -> str:
+    """"device-resident" when the source holds every frame in device memory,
+    else "streamed" (batches read from host arrays or disk)."""
+    return "device-resident" if getattr(source, "device_resident", False) else "streamed"
+
+
+# ----------------------------------------------------------------------------
+# the runs and what they share
+
+
+@dataclass
+class _Job:
+    """What every run of one :func:`train_stacked` call shares."""
+
+    kind: str
+    source: object
+    settings: TrainSettings
+    order_seed: int
+    module: object
+    scaler_state: dict | None
+    config: dict | None
+    progress: bool
+    log: object
+    on_epoch_end: object
+    versions: dict = field(default_factory=backend.versions)
+
+    @property
+    def batch_order(self) -> dict:
+        return {"seed": self.order_seed, "stream": [ORDER_STREAM, self.kind]}
+
+
+@dataclass
+class _Run:
+    """One run of a stack: its folder, seed, schedule and history.
+
+    ``saved`` holds the ``(arrays, meta)`` of the checkpoint it resumes from.
+    """
+
+    run_dir: Path
+    seed: int
+    schedule: PlateauSchedule
+    history: list = field(default_factory=list)
+    status: str = "running"
+    frame_sources: list = field(default_factory=list)
+    tf32: list = field(default_factory=list)
+    saved: tuple | None = None
+
+
+def train_stacked(kind: str, source, run_dirs, *, settings: TrainSettings, seeds, order_seed: int,
+                  scaler_state: dict | None = None, config: dict | None = None, progress: bool = True,
+                  log=None, on_epoch_end=None, module=None) -> list[dict]:
+    """Train (or resume) R runs of one kind together, one folder per run.
 
     Args:
-        kind: "dae", "mss-dae" or "sf".
+        kind: a registered model kind.
         source: a frame source (``n_frames``, ``n_freq``, ``batches``).
-        run_dir: folder of this run; holds ``checkpoint.npz`` and, once
+        run_dirs: one folder per run; each holds ``checkpoint.npz`` and, once
             finished, ``model.npz``.
         settings: batch size, Adam's hyper-parameters, the schedule.
-        seed: initial weights come from ``seed``, batch order from its
-            :data:`SHUFFLE_STREAM`.
-        scaler_state: the feature scaler, saved with the model.
-        config: the full configuration, saved with the model.
+        seeds: one per run: run r's initial weights come from ``seeds[r]``.
+        order_seed: the shared batch order comes from :func:`order_rng`.
+        scaler_state, config: saved with every model.
         progress: show a progress bar per epoch.
-        log: callable taking one line per finished epoch (None: silent).
-        on_epoch_end: optional callable ``(record) -> None`` after each
-            checkpoint (tests use it to interrupt a run).
+        log: callable taking one line per epoch, with the time it took (None: silent).
+        on_epoch_end: optional callable ``(record) -> None``, once per run
+            after each epoch's checkpoints (tests use it to interrupt).
         module: array module (default: the active backend).
 
     Returns:
-        The final meta record (history, status, …). A run already finished
-        is not trained again.
+        Each run's final meta record (history, status, …), in the order of
+        ``run_dirs``. Finished runs are not trained again.
+    """
+    run_dirs, seeds = [Path(d) for d in run_dirs], [int(s) for s in seeds]
+    if len(run_dirs) != len(seeds):
+        raise ValueError(f"{len(run_dirs)} run folders for {len(seeds)} seeds")
+    job = _Job(kind, source, settings, int(order_seed), module if module is not None else backend.xp(),
+               scaler_state, config, progress, log, on_epoch_end)
+    metas = {}
+    pending = []
+    for run_dir, seed in zip(run_dirs, seeds):
+        if (run_dir / FINAL_MODEL).exists():
+            metas[run_dir] = read_state(run_dir / FINAL_MODEL)[1]
+        else:
+            pending.append((run_dir, seed))
+    _settle([run_dir for run_dir, _ in pending])
+    runs = []
+    for run_dir, seed in pending:
+        run, finished = _open_run(job, run_dir, seed)
+        if finished is not None:
+            metas[run_dir] = finished
+        else:
+            runs.append(run)
+    for group in _by_progress(runs):
+        metas.update(_train_together(job, group))
+    return [metas[run_dir] for run_dir in run_dirs]
+
+
+def train(kind: str, source, run_dir, *, settings: TrainSettings, seed: int,
+          scaler_state: dict | None = None, config: dict | None = None,
+          progress: bool = True, log=None, on_epoch_end=None, module=None, order_seed: int | None = None) -> dict:
+    """Train (or resume training) one model: :func:`train_stacked` with one run.
+
+    Its initial weights come from ``seed``, its batch order from
+    :func:`order_rng` of ``order_seed`` (default: ``seed``). Returns the
+    final meta record (history, status, …); a finished run is not trained again.
+    """
+    return train_stacked(kind, source, [run_dir], settings=settings, seeds=[seed],
+                         order_seed=seed if order_seed is None else order_seed, scaler_state=scaler_state,
+                         config=config, progress=progress, log=log, on_epoch_end=on_epoch_end, module=module)[0]
+
+
+# ----------------------------------------------------------------------------
+# resume
+
+
+def _settle(run_dirs) -> None:
+    """Finish or undo an interrupted two-phase commit of the runs' checkpoints.
+
+    If every run has a checkpoint of the newest epoch (renamed, or still
+    ``checkpoint.next.npz``), the commit had finished writing: the renames
+    are completed. Otherwise it stopped while writing: the new files are
+    removed, and every run resumes from the epoch before.
+    """
+    pending = [d for d in run_dirs if (d / NEXT_CHECKPOINT).exists()]
+    if not pending:
+        return
+    newest = {d: _epochs_in(d / NEXT_CHECKPOINT) for d in pending}
+    target = max(newest.values())
+
+    def has_target(d):
+        return newest.get(d) == target or ((d / CHECKPOINT).exists() and _epochs_in(d / CHECKPOINT) == target)
+    complete = all(has_target(d) for d in run_dirs)
+    for d in pending:
+        if complete and newest[d] == target:
+            os.replace(d / NEXT_CHECKPOINT, d / CHECKPOINT)
+        else:
+            (d / NEXT_CHECKPOINT).unlink()
+
+
+def _open_run(job: _Job, run_dir: Path, seed: int) -> tuple[_Run | None, dict | None]:
+    """The run, fresh or as its checkpoint left it; or, for a run whose
+    checkpoint says finished (stopped before ``model.npz`` was written),
+    ``(None, meta)`` once that model is written."""
+    settings = job.settings
+    run = _Run(run_dir, seed, PlateauSchedule(settings.patience_halve, settings.patience_stop, settings.max_epochs))
+    checkpoint = run_dir / CHECKPOINT
+    if not checkpoint.exists():
+        return run, None
+    arrays, meta = read_state(checkpoint)
+    _check_resumable(job, checkpoint, meta)
+    if meta["status"] == "finished":
+        params = [arrays[f"param_{i}"] for i in range(sum(k.startswith("param_") for k in arrays))]
+        save_state(run_dir / FINAL_MODEL, Model(meta["kind"], params), meta, scaler_state=job.scaler_state)
+        return None, meta
+    run.schedule = PlateauSchedule.from_state(meta["schedule"])
+    run.history, run.saved = meta["history"], (arrays, meta)
+    run.frame_sources, run.tf32 = list(meta.get("frame_sources", [])), list(meta.get("tf32", []))
+    if job.log:
+        job.log(f"{job.kind} seed {seed}: resuming after epoch {len(run.history)}")
+    return run, None
+
+
+def _check_resumable(job: _Job, checkpoint: Path, meta: dict) -> None:
+    storage = frame_storage(job.source)
+    if meta["frame_storage"] != storage:
+        raise UserError(f"{checkpoint} was trained on {meta['frame_storage']} frames, this machine would "
+                        f"feed {storage} ones: resume where it started, or set data.device_storage to match")
+    if meta.get("batch_order") != job.batch_order:
+        raise UserError(f"{checkpoint} was trained with another batch order ({meta.get('batch_order')}, "
+                        f"this run would use {job.batch_order}); delete the run's folder to train it again")
+
+
+def _by_progress(runs: list[_Run]) -> list[list[_Run]]:
+    """The runs grouped by how far they are (epochs done and batch-order
+    state): each group trains as one stack. Normally there is one group;
+    runs of a folder trained with other shards or run lists may differ."""
+    groups: dict[str, list[_Run]] = {}
+    for run in runs:
+        key = json.dumps([len(run.history), run.saved[1]["rng_state"] if run.saved else None], sort_keys=True)
+        groups.setdefault(key, []).append(run)
+    return sorted(groups.values(), key=lambda group: -len(group[0].history))
+
+
+def _restore(stack: StackedModel, optimizer: StackedAdam, index: int, arrays: dict, meta: dict) -> None:
+    """Load run ``index``'s checkpoint into the stack and, through
+    ``Adam.load_state_dict``, into its optimiser."""
+    for i, view in enumerate(stack.run_params(index)):
+        view[...] = backend.to_device(arrays[f"param_{i}"], stack.module)
+    n_params = len(stack.layout.shapes)
+    optimizer.runs[index].load_state_dict({**meta["adam"], "m": [arrays[f"adam_m_{i}"] for i in range(n_params)],
+                                           "v": [arrays[f"adam_v_{i}"] for i in range(n_params)]})
+
+
+# ----------------------------------------------------------------------------
+# the epochs
+
+
+def _train_together(job: _Job, runs: list[_Run]) -> dict:
+    """Train runs that are equally far as one stack until every one has
+    stopped; returns ``{run_dir: final meta}``."""
+    dtype = numpy.dtype(job.settings.dtype)
+    stack = StackedModel.build(job.kind, job.source.n_freq, [run.seed for run in runs], dtype=dtype,
+                               module=job.module)
+    optimizer = StackedAdam(stack, lr=job.settings.learning_rate, beta1=job.settings.beta1,
+                            beta2=job.settings.beta2, eps=job.settings.eps)
+    rng = order_rng(job.kind, job.order_seed)
+    for index, run in enumerate(runs):
+        if run.saved is not None:
+            _restore(stack, optimizer, index, *run.saved)
+            rng.bit_generator.state = run.saved[1]["rng_state"]
+            run.saved = None
+    finished = {}
+    while runs:
+        squared_errors, seconds = _run_epoch(job, runs, stack, optimizer, rng)
+        records = [_end_of_epoch(job, run, optimizer.runs[i], squared_errors[i], seconds, len(runs))
+                   for i, run in enumerate(runs)]
+        metas = _commit(job, runs, stack, optimizer, rng)
+        for index, run in enumerate(runs):
+            if run.status == "finished":
+                save_state(run.run_dir / FINAL_MODEL, stack.run_model(index), metas[index],
+                           scaler_state=job.scaler_state)
+                finished[run.run_dir] = metas[index]
+        if job.log:
+            job.log(_epoch_line(job.kind, runs, records, seconds, job.source.n_frames))
+        for record in records:
+            if job.on_epoch_end is not None:
+                job.on_epoch_end(record)
+        keep = [i for i, run in enumerate(runs) if run.status == "running"]
+        if len(keep) < len(runs):
+            stack, optimizer = _without_stopped(stack, optimizer, keep)
+            runs = [runs[i] for i in keep]
+    return finished
+
+
+def _without_stopped(stack: StackedModel, optimizer: StackedAdam, keep: list[int]):
+    """The stack and optimiser of the runs still going (stopped runs are frozen: written, and dropped)."""
+    smaller = stack.select(keep)
+    return smaller, optimizer.select(keep, smaller)
+
+
+def _run_epoch(job: _Job, runs: list[_Run], stack: StackedModel, optimizer: StackedAdam, rng):
+    """One pass over every training frame for the whole stack.
+
+    Returns:
+        ``(S, seconds)``: S the (R,) host float64 sums of every run's
+        squared errors over the epoch (accumulated in float64 on the
+        device), and the epoch's wall time.
     """
     from tqdm.auto import tqdm
 
-    run_dir = Path(run_dir)
-    final_path, checkpoint = run_dir / FINAL_MODEL, run_dir / CHECKPOINT
-    if final_path.exists():
-        return read_state(final_path)[1]
-    module = module if module is not None else backend.xp()
-    dtype = numpy.dtype(settings.dtype)
-    model = build_model(kind, source.n_freq, seed=seed, dtype=dtype, module=module)
-    optimizer = Adam(model.params, lr=settings.learning_rate, beta1=settings.beta1,
-                     beta2=settings.beta2, eps=settings.eps)
-    schedule = PlateauSchedule(settings.patience_halve, settings.patience_stop, settings.max_epochs)
-    rng = backend.rng(seed, SHUFFLE_STREAM)
-    history: list[dict] = []
-    storage = frame_storage(source)
-    if checkpoint.exists():
-        meta = _restore(checkpoint, model, optimizer)
-        if meta["frame_storage"] != storage:
-            raise UserError(f"{checkpoint} was trained on {meta['frame_storage']} frames, this machine would "
-                            f"feed {storage} ones: resume where it started, or set data.device_storage to match")
-        if meta["status"] == "finished":  # stopped between the last checkpoint and model.npz
-            save_state(final_path, model, meta, scaler_state=scaler_state)
-            return meta
-        schedule = PlateauSchedule.from_state(meta["schedule"])
-        rng.bit_generator.state = meta["rng_state"]
-        history = meta["history"]
-        if log:
-            log(f"{kind} seed {seed}: resuming after epoch {len(history)}")
-    grad_buffers = [module.empty_like(p) for p in model.params]
-    check_every = 1 if module is numpy else 200
-    n_batches = math.ceil(source.n_frames / settings.batch_size)
-    status = "running"
+    module, source, batch_size = job.module, job.source, job.settings.batch_size
+    n_batches = math.ceil(source.n_frames / batch_size)
+    dtype = stack.dtype
+    # (R, batches): each run's sums in a contiguous row, so summing a row
+    # adds the same numbers in the same order whatever R is.
+    sums = module.zeros((stack.n_runs, n_batches), dtype=numpy.float64)
+    grads = module.zeros_like(stack.flat)  # its padding stays zero, so the padding's parameters never move
+    check_every = 1 if module is numpy else 200  # a check waits for the device
+    epoch, checked = len(runs[0].history), 0
+    started = time.perf_counter()
+    bar = tqdm(source.batches(batch_size, rng), total=n_batches, disable=not job.progress, leave=False,
+               desc=f"{job.kind} ×{stack.n_runs} epoch {epoch + 1}", unit="batch")
+    for step, (X, Y) in enumerate(bar):
+        if X.dtype != dtype:
+            X, Y = X.astype(dtype), Y.astype(dtype)
+        stack.loss_and_grads(X, Y, grads, sums[:, step])
+        optimizer.step(grads)
+        if (step + 1) % check_every == 0:
+            _check_finite(job, runs, sums[:, checked : step + 1], epoch, step + 1)
+            checked = step + 1
+    backend.synchronize(module)
+    seconds = time.perf_counter() - started
+    _check_finite(job, runs, sums[:, checked:], epoch, n_batches)
+    return backend.to_host(sums.sum(axis=1)), seconds
 
-    while status == "running":
-        epoch = len(history)
-        lr_used = optimizer.lr
-        started = time.perf_counter()
-        total = module.zeros((), dtype=dtype)
-        bar = tqdm(source.batches(settings.batch_size, rng), total=n_batches, disable=not progress,
-                   desc=f"{kind} seed {seed} epoch {epoch + 1}", leave=False, unit="batch")
-        for step, (X, Y) in enumerate(bar, start=1):
-            loss, grads = model.loss_and_grads(X, Y, out=grad_buffers)
-            total += loss * X.shape[0]
-            optimizer.step(grads)
-            if step % check_every == 0:
-                _check_finite(backend.to_float(total), epoch, step, checkpoint)
-        backend.synchronize(module)
-        seconds = time.perf_counter() - started
-        mean_loss = backend.to_float(total) / source.n_frames
-        _check_finite(mean_loss, epoch, n_batches, checkpoint)
-        decision = schedule.update(mean_loss)
-        if decision == "reduce":
-            optimizer.lr *= schedule.factor
-        record = {"epoch": epoch + 1, "loss": mean_loss, "learning_rate": lr_used, "seconds": seconds,
-                  "frames_per_second": source.n_frames / seconds if seconds > 0 else math.inf,
-                  "decision": decision}
-        history.append(record)
-        status = "finished" if decision == "stop" else "running"
-        meta = {"kind": kind, "seed": seed, "n_freq": source.n_freq, "status": status,
-                "history": history, "schedule": schedule.state_dict(),
-                "adam": {k: v for k, v in optimizer.state_dict().items() if k not in ("m", "v")},
-                "rng_state": rng.bit_generator.state, "settings": asdict(settings), "frame_storage": storage,
-                "config": config, "versions": backend.versions()}
-        save_state(checkpoint, model, meta, optimizer=optimizer, scaler_state=scaler_state)
-        if log:
-            log(f"{kind} seed {seed}: epoch {epoch + 1} loss {mean_loss:.6g} lr {lr_used:.3g} "
-                f"{record['frames_per_second']:.0f} frames/s ({decision})")
-        if on_epoch_end is not None:
-            on_epoch_end(record)
-    save_state(final_path, model, meta, scaler_state=scaler_state)
-    return meta
+
+def _check_finite(job: _Job, runs: list[_Run], block, epoch: int, step: int) -> None:
+    """Stop with one clear line when a run's loss became NaN or infinite."""
+    totals = backend.to_host(block.sum(axis=1))
+    bad = [i for i, value in enumerate(totals) if not math.isfinite(value)]
+    if not bad:
+        return
+    run = runs[bad[0]]
+    checkpoint = run.run_dir / CHECKPOINT
+    kept = (f"the last good checkpoint is kept at {checkpoint}" if checkpoint.exists()
+            else "no epoch had finished, so there is no checkpoint")
+    seeds = ", ".join(str(runs[i].seed) for i in bad)
+    raise TrainingDiverged(f"training stopped: the loss became {totals[bad[0]]} in epoch {epoch + 1} at step "
+                           f"{step} ({job.kind} seed {seeds}); {kept}; try a lower train.learning_rate")
+
+
+def _end_of_epoch(job: _Job, run: _Run, adam, squared_error: float, seconds: float, n_stacked: int) -> dict:
+    """The schedule's decision for one run, its new η, and the epoch's record.
+
+    The record's ``seconds`` is this run's share of the stack's epoch time
+    (``stack_seconds`` / ``stacked_runs``), so that sums over runs stay wall time.
+    """
+    source = job.source
+    mean_loss = float(squared_error) / (source.n_frames * source.n_freq)
+    learning_rate = adam.lr
+    decision = run.schedule.update(mean_loss)
+    if decision == "reduce":
+        adam.lr *= run.schedule.factor
+    share = seconds / n_stacked
+    record = {"epoch": len(run.history) + 1, "loss": mean_loss, "learning_rate": learning_rate,
+              "seconds": share, "frames_per_second": source.n_frames / share if share > 0 else math.inf,
+              "stack_seconds": seconds, "stacked_runs": n_stacked, "decision": decision}
+    run.history.append(record)
+    run.status = "finished" if decision == "stop" else "running"
+    return record
+
+
+def _commit(job: _Job, runs: list[_Run], stack: StackedModel, optimizer: StackedAdam, rng) -> list[dict]:
+    """Every run's checkpoint of this epoch, in two phases (see :func:`_settle`)."""
+    metas = []
+    for index, run in enumerate(runs):
+        meta = _checkpoint_meta(job, run, optimizer.runs[index], rng)
+        save_state(run.run_dir / NEXT_CHECKPOINT, stack.run_model(index), meta, optimizer=optimizer.runs[index],
+                   scaler_state=job.scaler_state)
+        metas.append(meta)
+    _promote([run.run_dir for run in runs])
+    return metas
+
+
+def _promote(run_dirs) -> None:
+    """The commit's second phase: each run's new checkpoint replaces its old one."""
+    for run_dir in run_dirs:
+        os.replace(run_dir / NEXT_CHECKPOINT, run_dir / CHECKPOINT)
+
+
+def _checkpoint_meta(job: _Job, run: _Run, adam, rng) -> dict:
+    """Everything a run's checkpoint records besides its arrays."""
+    used = frame_source(job.source)
+    if used not in run.frame_sources:
+        run.frame_sources.append(used)
+    tf32 = backend.tf32_settings()
+    if tf32 not in run.tf32:
+        run.tf32.append(tf32)
+    return {"kind": job.kind, "seed": run.seed, "n_freq": job.source.n_freq, "status": run.status,
+            "history": run.history, "schedule": run.schedule.state_dict(),
+            "adam": {k: v for k, v in adam.state_dict().items() if k not in ("m", "v")},
+            "rng_state": rng.bit_generator.state, "batch_order": job.batch_order,
+            "settings": asdict(job.settings), "frame_storage": frame_storage(job.source),
+            "frame_sources": run.frame_sources, "tf32": run.tf32, "config": job.config, "versions": job.versions}
+
+
+def _epoch_line(kind: str, runs: list[_Run], records: list[dict], seconds: float, n_frames: int) -> str:
+    """One log line per epoch of a stack, with the time it took."""
+    speed = f"{seconds:.1f} s, {n_frames / max(seconds, 1e-12):.0f} frames/s"
+    parts = [f"loss {r['loss']:.6g} lr {r['learning_rate']:.3g} ({r['decision']})" for r in records]
+    if len(runs) == 1:
+        return f"{kind} seed {runs[0].seed}: epoch {records[0]['epoch']} {parts[0]}, {speed}"
+    parts = [f"seed {run.seed} {part}" for run, part in zip(runs, parts)]
+    return f"{kind} epoch {records[0]['epoch']} ({len(runs)} runs, {speed} per run): " + "; ".join(parts)

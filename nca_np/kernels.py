@@ -1,0 +1,345 @@
+"""The fused kernels of a training step, each written once for CuPy beside its NumPy form.
+
+On a GPU the time of a training step at the paper's sizes is set by how
+many kernels the host launches, not by the arithmetic (docs/gradients.md#stacked-training).
+So the elementwise work of a step is done by a few fused kernels:
+
+=====================  ==========================================  =================================
+kernel                 what it computes                            NumPy form
+=====================  ==========================================  =================================
+:func:`bias_relu`      ``a ← g(a + b)`` in place (Eq. 10)           ``a += b``; ``maximum(a, 0)``
+:func:`relu_backward`  ``δz ← δa ⊙ 1[a > 0]`` in place              ``δa *= a > 0``
+:func:`output_delta`   ``δz_L`` of the MSE (Eq. 3) through the     four in-place products
+                       mask (Eq. 9) and the top layer's ReLU
+:func:`squared_error`  ``Σ (ŷ − y)²`` per run, in float64           ``sum(square(ŷ − y))``
+:func:`gather_rows`    a batch of float16 frames, cast to float32  ``x[...] = store[rows]``
+:data:`ADAM`           Adam's update, one η per run (optim.py)     ``optim._update_range``
+=====================  ==========================================  =================================
+
+and the matrix products of a stacked model by :func:`batched_matmul`: one
+cuBLAS strided-batched product for all runs, transposes folded into the
+call (``cupy.matmul`` would copy every transposed or strided operand).
+
+Each kernel's CUDA source is also valid Python once the helper names it
+uses (:data:`NUMPY_HELPERS`: ``relu``, ``wide``, ``sqrt``) are the NumPy
+functions beside their CUDA definitions (:data:`CUDA_HELPERS`): the tests
+run the very source text on a stand-in module (``tests/strict_xp.py``) and
+compare it with the NumPy form. None of these kernels has been run on a GPU
+by this project's tests; ``scripts/gpucheck.py`` (``make gpucheck``) checks
+them there against the NumPy forms.
+
+A module is given the kernels when it offers ``ElementwiseKernel`` (CuPy,
+or the counting stand-in of the tests); otherwise the NumPy form runs with
+that module's functions.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy
+
+from .backend import array_module
+
+#: CUDA definitions of the helper functions kernel sources may call. ``relu``
+#: keeps NaN (as NumPy's maximum does) so a diverging run is still seen.
+CUDA_HELPERS = {
+    "relu": "template <typename T> __device__ T relu(T z) { return (z > T(0) || z != z) ? z : T(0); }",
+    "wide": "__device__ double wide(double z) { return z; }",
+}
+
+#: The same helpers for NumPy arrays (used to run a source as Python).
+NUMPY_HELPERS = {
+    "relu": lambda z: numpy.maximum(z, 0),
+    "wide": lambda z: numpy.asarray(z, dtype=numpy.float64),
+    "sqrt": numpy.sqrt,
+}
+
+
+@dataclass(frozen=True)
+class Elementwise:
+    """An elementwise kernel as ``cupy.ElementwiseKernel`` takes it."""
+
+    name: str
+    in_params: str
+    out_params: str
+    operation: str
+    helpers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """A reduction kernel as ``cupy.ReductionKernel`` takes it (a sum)."""
+
+    name: str
+    in_params: str
+    out_params: str
+    map_expr: str
+    post_map_expr: str
+    reduce_expr: str = "a + b"
+    identity: str = "0"
+    reduce_type: str = "double"
+    helpers: tuple[str, ...] = ()
+
+
+BIAS_RELU = Elementwise("nca_np_bias_relu", "T b", "T a", "a = relu(a + b)", ("relu",))
+RELU_BACKWARD = Elementwise("nca_np_relu_backward", "T a", "T dz", "dz = dz * (a > T(0))")
+OUTPUT_DELTA = Elementwise("nca_np_output_delta", "T v, T y, T scale", "T delta",
+                           "delta = (v - y) * scale * (v > T(0))")
+MASKED_OUTPUT_DELTA = Elementwise("nca_np_masked_output_delta", "T x, T v, T y, T scale", "T delta",
+                                  "delta = (x * v - y) * x * scale * (v > T(0))")
+SQUARED_ERROR = Reduction("nca_np_squared_error", "T v, T y", "float64 total",
+                          "wide(v - y) * wide(v - y)", "total = a", helpers=("wide",))
+MASKED_SQUARED_ERROR = Reduction("nca_np_masked_squared_error", "T x, T v, T y", "float64 total",
+                                 "wide(x * v - y) * wide(x * v - y)", "total = a", helpers=("wide",))
+GATHER_ROWS = Elementwise("nca_np_gather_rows",
+                          "raw S mixture, raw S vocals, int64 rows, int64 cols, int64 width",
+                          "float32 x, float32 y",
+                          "x = mixture[rows * width + cols]; y = vocals[rows * width + cols]")
+#: Adam's update (docs/method.md#training) with the bias corrections folded
+#: into ``correction`` = √(1 − β2ᵗ) / (1 − β1ᵗ) and ``eps_scaled`` = ε √(1 − β2ᵗ);
+#: ``lr`` is η, a scalar or one value per run (an (R, 1) column). Its NumPy
+#: form is ``optim._update_range``, chunk by chunk.
+ADAM = Elementwise("nca_np_adam", "T g, T lr, T beta1, T beta2, T eps_scaled, T correction", "T p, T m, T v",
+                   "m = beta1 * m + (1 - beta1) * g; "
+                   "v = beta2 * v + (1 - beta2) * g * g; "
+                   "p -= lr * correction * m / (sqrt(v) + eps_scaled)")
+
+#: Every kernel of this module (the tests run each source as Python).
+ALL = (BIAS_RELU, RELU_BACKWARD, OUTPUT_DELTA, MASKED_OUTPUT_DELTA, SQUARED_ERROR, MASKED_SQUARED_ERROR,
+       GATHER_ROWS, ADAM)
+
+#: (id(module), kernel name) -> (module, kernel); the module is kept so that
+#: an id reused by another module never finds this one's kernel.
+_compiled: dict[tuple[int, str], tuple[object, object]] = {}
+
+
+def compiled(module, spec):
+    """``spec`` compiled for ``module`` (cached), or None when the module
+    offers no kernels (NumPy): the caller then runs the NumPy form."""
+    if not hasattr(module, "ElementwiseKernel"):
+        return None
+    key = (id(module), spec.name)
+    owner, kernel = _compiled.get(key, (None, None))
+    if owner is not module:
+        preamble = "\n".join(CUDA_HELPERS[name] for name in spec.helpers)
+        options = {"preamble": preamble} if preamble else {}
+        if isinstance(spec, Reduction):
+            kernel = module.ReductionKernel(spec.in_params, spec.out_params, spec.map_expr, spec.reduce_expr,
+                                            spec.post_map_expr, spec.identity, spec.name,
+                                            reduce_type=spec.reduce_type, **options)
+        else:
+            kernel = module.ElementwiseKernel(spec.in_params, spec.out_params, spec.operation, spec.name,
+                                              **options)
+        _compiled[key] = (module, kernel)
+    return kernel
+
+
+def bias_relu(a, b):
+    """One layer's bias and ReLU in place: ``a ← g(a + b)`` (Eq. 10).
+
+    Args:
+        a: (..., n) pre-activations without bias (e.g. (R, B, n)); overwritten.
+        b: biases broadcastable against ``a`` (e.g. (R, 1, n)).
+    """
+    module = array_module(a)
+    kernel = compiled(module, BIAS_RELU)
+    if kernel is not None:
+        kernel(b, a)
+        return a
+    a += b
+    module.maximum(a, 0, out=a)
+    return a
+
+
+def relu_backward(dz, a):
+    """``δz ← δa ⊙ 1[a > 0]`` in place: ``dz`` holds δa and becomes δz; ``a``
+    is the layer's ReLU output (``a > 0`` exactly where ``z > 0``)."""
+    module = array_module(dz)
+    kernel = compiled(module, RELU_BACKWARD)
+    if kernel is not None:
+        kernel(a, dz)
+        return dz
+    dz *= a > 0
+    return dz
+
+
+def output_delta(v, y, x=None, *, scale, out):
+    """The gradient of the MSE at the top layer's pre-activation, ``δz_L``.
+
+    ``δŷ = scale (ŷ − y)`` with ``scale = 2/(B F)`` (Eq. 3); for a mask model
+    ``ŷ = x ⊙ v`` and ``δv = δŷ ⊙ x`` (Eq. 9), else ``δv = δŷ``; then the top
+    ReLU's gate, ``δz_L = δv ⊙ 1[v > 0]``.
+
+    Args:
+        v: (R, B, F) decoder outputs (the top layer's ReLU output).
+        y: (B, F) targets; x: (B, F) inputs for a mask model, else None.
+        scale: 2/(B F).
+        out: (R, B, F) array for δz_L.
+    """
+    module = array_module(v)
+    typed = v.dtype.type(scale)
+    if x is not None:
+        kernel = compiled(module, MASKED_OUTPUT_DELTA)
+        if kernel is not None:
+            return kernel(x, v, y, typed, out)
+        module.multiply(x, v, out=out)
+        out -= y
+        out *= x
+    else:
+        kernel = compiled(module, OUTPUT_DELTA)
+        if kernel is not None:
+            return kernel(v, y, typed, out)
+        module.subtract(v, y, out=out)
+    out *= typed
+    out *= v > 0
+    return out
+
+
+def squared_error(v, y, x=None, *, out):
+    """Per run, the summed squared error of a batch, ``Σ_bf (ŷ − y)²`` in float64.
+
+    Args:
+        v: (R, B, F) decoder outputs; ``ŷ = x ⊙ v`` when ``x`` is given, else ``v``.
+        y: (B, F) targets.
+        out: (R,) float64 array for the sums (the squares are exact in
+            float64; only the summation order differs between modules).
+    """
+    module = array_module(v)
+    kernel = compiled(module, MASKED_SQUARED_ERROR if x is not None else SQUARED_ERROR)
+    if kernel is not None:
+        args = (x, v, y) if x is not None else (v, y)
+        return kernel(*args, axis=(1, 2), out=out)
+    difference = module.multiply(x, v) if x is not None else v
+    difference = module.subtract(difference, y)
+    return module.sum(module.square(difference, dtype=numpy.float64), axis=(1, 2), out=out)
+
+
+def gather_rows(mixture, vocals, rows, cols, x, y):
+    """A batch of frames: ``x ← mixture[rows]``, ``y ← vocals[rows]``, cast
+    from the stored precision (float16 or float32) to float32 in the same pass.
+
+    Args:
+        mixture, vocals: (N, F) stored frames.
+        rows: (B, 1) int64 frame numbers.
+        cols: (1, F) int64, ``0 … F−1``.
+        x, y: (B, F) float32 outputs.
+    """
+    module = array_module(mixture)
+    kernel = compiled(module, GATHER_ROWS)
+    if kernel is not None:
+        width = numpy.int64(mixture.shape[1])
+        return kernel(mixture.reshape(-1), vocals.reshape(-1), rows, cols, width, x, y)
+    flat_rows = rows.reshape(-1)
+    x[...] = module.take(mixture, flat_rows, axis=0)
+    y[...] = module.take(vocals, flat_rows, axis=0)
+    return x, y
+
+
+def adam_kernel(module):
+    """The fused Adam kernel of ``module``, or None on NumPy (see :data:`ADAM`)."""
+    return compiled(module, ADAM)
+
+
+# ----------------------------------------------------------------------------
+# batched matrix products
+
+
+def _is_cupy(module) -> bool:
+    return getattr(module, "__name__", "") == "cupy"
+
+
+def batched_matmul(a, b, *, transpose_a=False, transpose_b=False, out):
+    """``out[r] = op(a[r]) op(b[r])`` for every run r, ``op`` a transpose when asked.
+
+    A 2-D operand is shared by every run (a batch of frames). Every matrix
+    must have contiguous rows (any row and batch strides): stacked
+    parameters are strided views of the runs' rows of one flat buffer.
+
+    Args:
+        a, b: (R, M, K) / (R, K, N) stacks, or 2-D, before ``op``.
+        out: (R, M, N) array the products are written to.
+    """
+    module = array_module(out)
+    if _is_cupy(module):
+        return _cublas_batched(module, a, b, transpose_a, transpose_b, out)
+    op_a = _transposed(a) if transpose_a else a
+    op_b = _transposed(b) if transpose_b else b
+    return module.matmul(op_a, op_b, out=out)
+
+
+def _transposed(array):
+    return array.T if array.ndim == 2 else array.transpose(0, 2, 1)
+
+
+def _matrix_layout(shape, strides, itemsize) -> tuple[int, int]:
+    """(leading dimension, batch stride) in elements of a stack (or a shared
+    2-D matrix: batch stride 0) whose rows are contiguous."""
+    if strides[-1] != itemsize and shape[-1] > 1:
+        raise ValueError(f"batched_matmul needs contiguous rows; got strides {strides} for shape {shape}")
+    leading = max(strides[-2] // itemsize, shape[-1], 1)
+    batch = strides[0] // itemsize if len(shape) == 3 else 0
+    return leading, batch
+
+
+def gemm_arguments(a_shape, a_strides, b_shape, b_strides, out_shape, out_strides, itemsize,
+                   transpose_a=False, transpose_b=False) -> dict:
+    """The arguments of ``cublas<t>gemmStridedBatched`` for :func:`batched_matmul`.
+
+    cuBLAS reads matrices column by column, so a row-major matrix reads as
+    its transpose: ``out = op(a) op(b)`` is computed as
+    ``outᵀ = op(b)ᵀ op(a)ᵀ`` with ``b`` as cuBLAS's first operand, each
+    transposed exactly when the caller asked for its transpose.
+
+    Returns:
+        dict with ``transa, transb`` (0: as stored, 1: transposed), ``m, n,
+        k``, ``lda, stride_a`` (of ``b``), ``ldb, stride_b`` (of ``a``),
+        ``ldc, stride_c`` and ``batch``, in elements.
+    """
+    rows_a, inner_a = (a_shape[-1], a_shape[-2]) if transpose_a else (a_shape[-2], a_shape[-1])
+    inner_b, cols_b = (b_shape[-1], b_shape[-2]) if transpose_b else (b_shape[-2], b_shape[-1])
+    if inner_a != inner_b or tuple(out_shape[-2:]) != (rows_a, cols_b):
+        raise ValueError(f"batched_matmul: shapes {tuple(a_shape)}, {tuple(b_shape)} -> {tuple(out_shape)} do not fit")
+    lda, stride_a = _matrix_layout(b_shape, b_strides, itemsize)
+    ldb, stride_b = _matrix_layout(a_shape, a_strides, itemsize)
+    ldc, stride_c = _matrix_layout(out_shape, out_strides, itemsize)
+    return {"transa": int(transpose_b), "transb": int(transpose_a), "m": cols_b, "n": rows_a, "k": inner_a,
+            "lda": lda, "stride_a": stride_a, "ldb": ldb, "stride_b": stride_b, "ldc": ldc, "stride_c": stride_c,
+            "batch": out_shape[0]}
+
+
+def tf32_enabled() -> bool:
+    """Whether float32 products may use TF32 tensor cores: CuPy's own rule
+    (``CUPY_TF32`` > 0); ``NVIDIA_TF32_OVERRIDE=0`` forbids them everywhere."""
+    try:
+        return int(os.environ.get("CUPY_TF32", "0")) > 0
+    except ValueError:
+        return False
+
+
+def _cublas_batched(module, a, b, transpose_a, transpose_b, out):
+    """:func:`batched_matmul` as one ``cublasGemmStridedBatchedEx`` call (never run
+    by the tests: checked on a GPU by scripts/gpucheck.py)."""
+    from cupy.cuda import device
+    from cupy_backends.cuda.api import runtime
+    from cupy_backends.cuda.libs import cublas
+
+    dtype = out.dtype
+    if a.dtype != dtype or b.dtype != dtype or dtype not in (numpy.float32, numpy.float64):
+        raise TypeError(f"batched_matmul takes float32 or float64 arrays of one dtype, got {a.dtype}, {b.dtype}, {dtype}")
+    args = gemm_arguments(a.shape, a.strides, b.shape, b.strides, out.shape, out.strides, dtype.itemsize,
+                          transpose_a, transpose_b)
+    if dtype == numpy.float32:
+        data_type = runtime.CUDA_R_32F
+        compute = cublas.CUBLAS_COMPUTE_32F_FAST_TF32 if tf32_enabled() else cublas.CUBLAS_COMPUTE_32F
+    else:
+        data_type, compute = runtime.CUDA_R_64F, cublas.CUBLAS_COMPUTE_64F
+    one, zero = numpy.array(1, dtype=dtype), numpy.array(0, dtype=dtype)
+    cublas.gemmStridedBatchedEx(
+        device.get_cublas_handle(), args["transa"], args["transb"], args["m"], args["n"], args["k"],
+        one.ctypes.data, b.data.ptr, data_type, args["lda"], args["stride_a"],
+        a.data.ptr, data_type, args["ldb"], args["stride_b"],
+        zero.ctypes.data, out.data.ptr, data_type, args["ldc"], args["stride_c"],
+        args["batch"], compute, cublas.CUBLAS_GEMM_DEFAULT)
+    return out
