@@ -12,8 +12,11 @@ Data flows one way, through files under one working folder::
 
 A unit of work — one training run, one (model, segment) pair of NCA fits —
 ends by writing its file atomically, so a rerun skips what exists and
-continues what was interrupted. ``--shard i/n`` takes every n-th unit of
-the sorted unit list, starting at i (0 ≤ i < n). Every artefact carries the
+continues what was interrupted. ``--shard i/n`` gives shard i (0 ≤ i < n)
+its share of the sorted unit list: the training runs by cost (a run costs
+its model's layer count, so shards finish together), the NCA units every
+n-th one. The training runs of one kind in a shard train together as one
+stacked model (docs/gradients.md#stacked-training). Every artefact carries the
 hash of the configuration that made it and the code version; the report
 refuses to mix them. Each stage's wall time is kept with what it made
 (``timings/`` in the cache, the runs, the couplings), and each stage first
@@ -40,7 +43,8 @@ from . import __version__, backend, preflight
 from .atomic import remove_stale_temporaries, save_npz, write_json
 from .config import config_hash
 from .errors import UserError
-from .train import CHECKPOINT, FINAL_MODEL, TrainSettings, load_model, train
+from .models import model_kind
+from .train import CHECKPOINT, FINAL_MODEL, TrainSettings, load_model, train_stacked
 
 FIGURE_SEGMENT = 0  # Figure 3 shows the first segment of the first test excerpt
 
@@ -137,8 +141,24 @@ class Shard:
             raise UserError(f"--shard {text!r}: need 0 <= i < n")
         return cls(index, count)
 
-    def select(self, units: list) -> list:
-        return units[self.index::self.count]
+    def select(self, units: list, cost=None) -> list:
+        """This shard's units, in their order.
+
+        Without ``cost``, every ``count``-th unit from ``index``. With
+        ``cost`` (a function of a unit), units are dealt, dearest first, each
+        to the shard with the least cost so far (ties: lower index), so that
+        the shards' totals differ by at most one unit's cost.
+        """
+        if cost is None:
+            return units[self.index::self.count]
+        loads = [0.0] * self.count
+        mine = set()
+        for position in sorted(range(len(units)), key=lambda i: (-cost(units[i]), i)):
+            shard = min(range(self.count), key=lambda s: (loads[s], s))
+            loads[shard] += cost(units[position])
+            if shard == self.index:
+                mine.add(position)
+        return [unit for position, unit in enumerate(units) if position in mine]
 
     def __str__(self) -> str:
         return f"{self.index}of{self.count}"
@@ -150,7 +170,8 @@ def _record_time(folder: Path, stage: str, shard: Shard, seconds: float) -> None
     path = Path(folder) / "timings" / f"{stage}-{shard}.json"
     previous = json.loads(path.read_text())["seconds"] if path.exists() else 0.0
     write_json(path, {"stage": stage, "shard": str(shard), "seconds": previous + seconds,
-                      "backend": backend.name(), "device": backend.device_description()})
+                      "backend": backend.name(), "device": backend.device_description(),
+                      "tf32": backend.tf32_settings()})
 
 
 def _unit_bar(units, desc, progress):
@@ -233,8 +254,15 @@ def training_units(config: dict, kinds=None, runs=None) -> list[tuple[str, int]]
 
 
 def run_seed(config: dict, run: int) -> int:
-    """The seed of run ``run`` (its initial weights and batch order)."""
+    """The seed of run ``run``'s initial weights. The batch order is shared by
+    every run of a kind: drawn from ``train.seed`` (:func:`nca_np.train.order_rng`)."""
     return config["train"]["seed"] + run
+
+
+def training_cost(unit: tuple[str, int]) -> int:
+    """The relative cost of a training run: its model's number of layers
+    (every layer is the same F×F product, so an MSS-DAE run costs twice a DAE run)."""
+    return model_kind(unit[0]).n_layers
 
 
 def _device_budget(data: dict, module, log) -> int:
@@ -250,9 +278,10 @@ def _device_budget(data: dict, module, log) -> int:
 
 
 def train_stage(ws: Workspace, *, shard=Shard(), kinds=None, runs=None, progress=True, log=print) -> None:
-    """Train every (kind, run) unit of this shard that is not finished."""
+    """Train every (kind, run) unit of this shard that is not finished; the
+    runs of one kind train together as one stacked model."""
     config = ws.config
-    units = shard.select(training_units(config, kinds, runs))
+    units = shard.select(training_units(config, kinds, runs), cost=training_cost)
     remove_stale_temporaries(ws.runs_dir, log=log)
     preflight.discard_damaged(_run_file_checks(ws, units), log=log,
                               consequence="that run is trained again from its last intact checkpoint, if any")
@@ -269,15 +298,22 @@ def train_stage(ws: Workspace, *, shard=Shard(), kinds=None, runs=None, progress
     source = cache.train_frames(module=module, device_budget_bytes=_device_budget(data, module, log),
                                 storage_dtype=data["device_storage"])
     settings = TrainSettings.from_config(config["train"])
+    groups: dict[str, list[int]] = {}
+    for kind, run in todo:
+        groups.setdefault(kind, []).append(run)
     started = time.perf_counter()
     try:
-        for kind, run in _unit_bar(todo, "train", progress):
-            meta = train(kind, source, ws.run_dir(kind, run), settings=settings, seed=run_seed(config, run),
-                         scaler_state=cache.scaler.state_dict(), config=config, progress=progress,
-                         log=None if progress else log, module=module)
-            last = meta["history"][-1]
-            log(f"trained {kind} run {run}: {len(meta['history'])} epochs, final loss {last['loss']:.6g}")
+        for kind, group in _unit_bar(list(groups.items()), "train", progress):
+            metas = train_stacked(kind, source, [ws.run_dir(kind, run) for run in group], settings=settings,
+                                  seeds=[run_seed(config, run) for run in group], order_seed=config["train"]["seed"],
+                                  scaler_state=cache.scaler.state_dict(), config=config, progress=progress,
+                                  log=None if progress else log, module=module)
+            for run, meta in zip(group, metas):
+                log(f"trained {kind} run {run}: {len(meta['history'])} epochs, "
+                    f"final loss {meta['history'][-1]['loss']:.6g}")
     finally:
+        del source
+        backend.free_memory_pool(module)
         _record_time(ws.runs_dir, "train", shard, time.perf_counter() - started)
 
 
@@ -416,6 +452,8 @@ def couplings_stage(ws: Workspace, *, shard=Shard(), kinds=None, progress=True, 
             write_json(_unit_path(ws, kind, segment), unit)
             log(_unit_line(unit))
     finally:
+        models.clear()
+        backend.free_memory_pool(module)
         _record_time(ws.couplings_dir, "couplings", shard, time.perf_counter() - started)
 
 
@@ -564,13 +602,15 @@ def report_stage(ws: Workspace, *, log=print) -> Path:
     units = _load_units(ws, segments)
     kinds = list(config["train"]["kinds"])
     histories = {kind: [] for kind in kinds}
-    sums, training_versions = {}, []
+    sums, training_versions, frame_sources, tf32 = {}, [], set(), []
     for kind, run, model, meta in _trained_models(ws):
         histories[kind].append(meta["history"])
         linear = linear_composition(model)
         sums[kind] = linear if kind not in sums else sums[kind] + linear
         if meta["versions"] not in training_versions:
             training_versions.append(meta["versions"])
+        frame_sources.update(meta.get("frame_sources", []))
+        tf32 += [setting for setting in meta.get("tf32", []) if setting not in tf32]
     linear_compositions = {kind: sums[kind] / config["train"]["runs"] for kind in kinds}
     figure = _figure_segment(ws, segments[FIGURE_SEGMENT], kinds)
     settings = StftSettings.from_config(config["stft"])
@@ -585,6 +625,9 @@ def report_stage(ws: Workspace, *, log=print) -> Path:
         "versions": {"training": training_versions, "report": backend.versions()}, "backend": _stage_records(timings, "backend"), "device": _stage_records(timings, "device"),
         "wall_time_seconds": _stage_times(timings), "n_segments": len(segments),
         "data": data_record(ws, cache), "overrides": list(ws.overrides),
+        "training": {"frame_sources": sorted(frame_sources), "tf32": tf32,
+                     "batch_order": "one shuffled order per epoch shared by the runs of a model kind "
+                                    "(stream batch-order/<kind> of train.seed)"},
     }
     preflight.check_output_folder(ws.results_dir, preflight.REPORT_BYTES, "the report")
     paths = write_report(ws.results_dir, units=units, kinds=kinds, strategies=list(config["nca"]["strategies"]),

@@ -122,12 +122,13 @@ def model_parameters(kind: str, n_freq: int) -> int:
 
 def training_bytes(config: dict, units) -> int:
     """Bytes the (kind, run) ``units`` will write: per run a checkpoint
-    (parameters and Adam's two moments) and the final model, plus one more
-    checkpoint while it is being replaced."""
+    (parameters and Adam's two moments) and the final model, and, while a
+    stack's checkpoints of an epoch are committed, every run's old and new
+    checkpoint at once (:mod:`nca_np.train`): 6 parameter sets per run at the peak."""
     n_freq = config["stft"]["n_fft"] // 2 + 1
     itemsize = 8 if config["train"]["dtype"] == "float64" else 4
     sizes = [model_parameters(kind, n_freq) * itemsize + ARCHIVE_OVERHEAD for kind, _ in units]
-    return 4 * sum(sizes) + 3 * max(sizes, default=0)
+    return 6 * sum(sizes) + 3 * max(sizes, default=0)
 
 
 def couplings_bytes(config: dict, n_units: int, n_figure_units: int) -> int:

@@ -436,13 +436,14 @@ def _count(n: int, noun: str) -> str:
 def _training_text(histories: dict, kinds) -> str:
     """'each trained 10 times …', or the count per model when they differ."""
     counts = {kind: len(histories.get(kind, [])) for kind in kinds}
+    shared = "the runs of a model sharing one shuffled batch order per epoch"
     if len(set(counts.values())) == 1:
         count = counts[kinds[0]]
         if count == 1:
             return "each trained once from a random initialisation"
-        return f"each trained {count} times from different random initialisations"
+        return f"each trained {count} times from different random initialisations, {shared}"
     per_model = ", ".join(f"{display_name(k)} {_count(n, 'run')}" for k, n in counts.items())
-    return f"trained from different random initialisations ({per_model})"
+    return f"trained from different random initialisations ({per_model}), {shared}"
 
 
 def _data_text(metadata: dict) -> str | None:

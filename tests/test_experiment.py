@@ -219,3 +219,18 @@ def test_profile_names_are_not_confused_with_folders(tmp_path, monkeypatch):
     (tmp_path / "demo").mkdir()  # a folder named like a profile, e.g. a work folder
     monkeypatch.chdir(tmp_path)
     assert load_profile("demo")["profile"]["name"] == "demo"
+
+
+def test_shards_balance_training_runs_by_cost():
+    """Ten runs of each model over eight shards: an MSS-DAE run costs twice a
+    DAE run, and every shard gets the same total cost; every run is in
+    exactly one shard."""
+    from nca_np.experiment import Shard, training_cost, training_units
+    config = {"train": {"kinds": ["dae", "mss-dae", "sf"], "runs": 10}}
+    units = training_units(config)
+    shards = [Shard(i, 8).select(units, cost=training_cost) for i in range(8)]
+    assert sorted(u for shard in shards for u in shard) == sorted(units)
+    assert [sum(training_cost(u) for u in shard) for shard in shards] == [10] * 8
+    assert [training_cost(("mss-dae", 0)), training_cost(("dae", 0))] == [4, 2]
+    assert Shard(3, 8).select(units, cost=training_cost) == shards[3]  # the same deal every time
+    assert Shard(0, 3).select(units) == units[0::3]
