@@ -12,8 +12,10 @@ DEVICE ?= auto
 # CUPY=cupy-cuda12x or CUPY=cupy-cuda13x (see setup.cfg's extras).
 CUPY   ?=
 NCA    := $(PY) -m nca_np
+# make gpucheck checks the GPU unless DEVICE=cpu is given.
+GPUCHECK_DEVICE := $(if $(filter auto,$(DEVICE)),gpu,$(DEVICE))
 
-.PHONY: help setup ffmpeg test demo bench gradcheck reproduce clean
+.PHONY: help setup ffmpeg test demo bench gradcheck gpucheck reproduce clean
 
 help:
 	@echo "make demo       the main job on the built-in synthetic corpus (CPU, minutes)"
@@ -57,6 +59,10 @@ bench: $(STAMP)
 
 gradcheck: $(STAMP)
 	$(PY) scripts/gradcheck.py
+
+gpucheck: $(STAMP)
+	@if [ -n "$(CUPY)" ]; then $(PY) -m pip install --quiet "$(CUPY)"; fi
+	$(PY) scripts/gpucheck.py --device $(GPUCHECK_DEVICE) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

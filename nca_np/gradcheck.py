@@ -182,6 +182,34 @@ def check_model_gradients(kind, *, n_freq=6, batch=5, seed=0, module=numpy) -> l
     return results
 
 
+def check_stacked_gradients(kind, *, runs=2, n_freq=6, batch=5, seed=0, module=numpy) -> list[tuple[str, float]]:
+    """The stacked model's gradients (docs/gradients.md#stacked-training)
+    against central differences of ``Σ_r L_r``, the sum of its runs' MSE
+    losses, with respect to every entry of the flat parameter buffer.
+
+    Run r is :func:`model_check_point`'s float64 model of seed ``seed + r``.
+    Returns ``[("<kind> stacked ×R", max relative error)]``.
+    """
+    from .stacked import StackedModel
+
+    models, X, Y = [], None, None
+    for r in range(runs):
+        model, X_r, Y_r = model_check_point(kind, n_freq=n_freq, batch=batch, seed=seed + r, module=module)
+        models.append(model)
+        X, Y = (X_r, Y_r) if X is None else (X, Y)
+    stack = StackedModel.from_models(models)
+    grads = module.zeros_like(stack.flat)
+    squared = module.zeros(runs, dtype=numpy.float64)
+
+    def total_loss() -> float:
+        stack.loss_and_grads(X, Y, grads, squared)
+        return float(backend.to_host(squared).sum()) / (batch * n_freq)
+
+    numeric = numerical_gradient(total_loss, stack.flat)
+    stack.loss_and_grads(X, Y, grads, squared)
+    return [(f"{kind} stacked ×{runs}", max_relative_error(grads, numeric))]
+
+
 # ---------------------------------------------------------------- the NCA
 
 

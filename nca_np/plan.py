@@ -3,7 +3,9 @@
 :func:`plan` counts the units of work of every stage and those already
 finished, then estimates the time left from a short calibration on this
 machine (:func:`measure_step_times`): seconds per training step and per NCA iteration
-of each model, measured on random data of the configuration's sizes. The
+of each model, measured on random data of the configuration's sizes, with
+the runs of a model stacked as training stacks them (:mod:`nca_np.calibrate`,
+the same calibration as ``scripts/gpucheck.py``: GPU time on a GPU). The
 calibration takes minutes at the paper's sizes, so it says so first, with
 its own estimate (:func:`calibration_seconds`), and it is skipped when
 nothing is left to do.
@@ -19,7 +21,7 @@ from . import backend
 from .config import config_hash
 from .errors import UserError
 from .experiment import Workspace, open_prepared_cache, training_units
-from .models import build_model, model_kind
+from .models import model_kind
 from .train import CHECKPOINT, FINAL_MODEL
 
 
@@ -108,10 +110,11 @@ def calibration_seconds(config: dict, *, budget: float = 0.3) -> float:
     probes of a few milliseconds: one (F, F)·(F, T) product, one
     elementwise pass over F² values, one host draw of F² normals.
 
-    Each timed call of :func:`_seconds_per_call` costs a warm-up and at
-    least two calls or ``budget`` seconds. Counted per call, per model of
-    L layers: a training step ≈ 3L products of B frames and Adam over the
-    weights; an NCA fit of n iterations ≈ the model's forward pass and the
+    Each timed call of :func:`nca_np.calibrate.seconds_per_call` costs a
+    warm-up and at least two calls or ``budget`` seconds. Counted per call,
+    per model of L layers: a stacked training step of R runs
+    (:func:`calibration_runs`) ≈ R times 3L products of B frames and Adam
+    over the weights; an NCA fit of n iterations ≈ the model's forward pass and the
     initial draws, then per iteration 2 products (student) or 3L products
     and L (F, F)·(F, F) ones (compositional and any other strategy).
     """
@@ -131,7 +134,8 @@ def calibration_seconds(config: dict, *, budget: float = 0.3) -> float:
     total = 0.0
     for kind in config["train"]["kinds"]:
         layers = model_kind(kind).n_layers
-        total += timed(3 * layers * product * config["train"]["batch_size"] / frames + 30 * layers * elementwise)
+        step = 3 * layers * product * config["train"]["batch_size"] / frames + 30 * layers * elementwise
+        total += timed(calibration_runs(config, module) * step)
         for strategy in config["nca"]["strategies"]:
             for n in (6, 2):
                 if strategy == "student":
@@ -143,40 +147,34 @@ def calibration_seconds(config: dict, *, budget: float = 0.3) -> float:
     return total
 
 
-def _seconds_per_call(fn, module, *, budget=0.3) -> float:
-    """Mean seconds of ``fn()`` after a warm-up call, over at least ``budget`` s."""
-    fn()
-    backend.synchronize(module)
-    calls, begin = 0, time.perf_counter()
-    while calls < 2 or time.perf_counter() - begin < budget:
-        fn()
-        calls += 1
-    backend.synchronize(module)
-    return (time.perf_counter() - begin) / calls
+#: Runs stacked during the calibration on the CPU, where a step's time grows
+#: in proportion to R (see :func:`calibration_runs`).
+CPU_CALIBRATION_RUNS = 2
+
+
+def calibration_runs(config: dict, module) -> int:
+    """Runs stacked in the calibration: on a GPU the protocol's own count (the
+    launches of a step are shared by the runs, so the time per run falls with
+    R); on the CPU at most :data:`CPU_CALIBRATION_RUNS`."""
+    runs = config["train"]["runs"]
+    return runs if module is not numpy else min(runs, CPU_CALIBRATION_RUNS)
 
 
 def measure_step_times(config: dict) -> tuple[dict, dict]:
-    """Seconds per training step, and per NCA iteration of all strategies
-    (setup excluded: the difference of a long and a short fit), per model."""
-    from .nca import fit_couplings
-    from .optim import Adam
+    """Per model: seconds per run-step of stacked training (a stacked step's
+    time over its runs), and seconds per NCA iteration of all strategies
+    (setup excluded). See :mod:`nca_np.calibrate`."""
+    from .calibrate import nca_iteration_seconds, training_step_seconds
 
     module = backend.xp()
     n_freq = config["stft"]["n_fft"] // 2 + 1
-    batch, frames = config["train"]["batch_size"], config["nca"]["segment_frames"]
-    rng = backend.rng(0)
-    X = backend.to_device(rng.uniform(0, 1, (batch, n_freq)).astype(numpy.float32), module)
-    segment = backend.to_device(rng.uniform(0, 1, (n_freq, frames)).astype(numpy.float32), module)
+    runs = calibration_runs(config, module)
     step, iteration = {}, {}
     for kind in config["train"]["kinds"]:
-        model = build_model(kind, n_freq, module=module)
-        optimizer = Adam(model.params)
-        step[kind] = _seconds_per_call(lambda: optimizer.step(model.loss_and_grads(X, X)[1]), module)
-        iteration[kind] = 0.0
-        for strategy in config["nca"]["strategies"]:
-            def fit(n):
-                return lambda: fit_couplings(model, segment, strategy, iterations=n,
-                                             composition=config["nca"]["composition"])
-            long, short = _seconds_per_call(fit(6), module), _seconds_per_call(fit(2), module)
-            iteration[kind] += max(long - short, 0.0) / 4
+        step[kind] = training_step_seconds(kind, runs=runs, n_freq=n_freq, batch=config["train"]["batch_size"],
+                                           module=module, dtype=numpy.dtype(config["train"]["dtype"])) / runs
+        iteration[kind] = sum(nca_iteration_seconds(kind, strategy, n_freq=n_freq,
+                                                    frames=config["nca"]["segment_frames"],
+                                                    composition=config["nca"]["composition"], module=module)
+                              for strategy in config["nca"]["strategies"])
     return step, iteration

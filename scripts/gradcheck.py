@@ -3,7 +3,7 @@
 Checks, each against central differences (nca_np.gradcheck):
 
 - every forward/backward pair of nca_np.layers on its own;
-- every parameter of the three models (DAE, MSS-DAE, SF);
+- every parameter of the three models (DAE, MSS-DAE, SF), alone and as a stack of runs;
 - the student gradient dC (Eq. 16);
 - the compositional gradients dP_l for both readings of Eqs. 18–19, for
   chains of 2 and 4 layers (Eqs. 20–21 and their general form);
@@ -63,6 +63,8 @@ def all_checks():
     for kind in kind_names():
         rows += [error_row(f"model {name}", error, gradcheck.THRESHOLD)
                  for name, error in gradcheck.check_model_gradients(kind, module=module)]
+        rows += [error_row(f"model {name}", error, gradcheck.THRESHOLD)
+                 for name, error in gradcheck.check_stacked_gradients(kind, module=module)]
     rows += nca_rows(gradcheck.check_student_gradient(module=module))
     for composition in nca.COMPOSITIONS:
         for depth in (2, 4):

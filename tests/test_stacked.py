@@ -265,3 +265,18 @@ def test_device_launches_per_step_do_not_grow_with_the_number_of_runs(kind):
     n_layers = model_kind(kind).n_layers
     counts = {runs: _launches_of_one_step(kind, runs) for runs in (1, 4)}
     assert counts[1] == counts[4] == (6 * n_layers + 2, 0), counts
+
+
+@pytest.mark.parametrize("kind", ["dae", "mss-dae", "sf"])
+def test_stacked_gradients_pass_finite_differences(kind):
+    from nca_np.gradcheck import THRESHOLD, check_stacked_gradients
+    (name, error), = check_stacked_gradients(kind, runs=2)
+    assert error < THRESHOLD, (name, error)
+
+
+def test_the_stacked_check_catches_a_forgotten_relu_gate(monkeypatch):
+    from nca_np import stacked
+    from nca_np.gradcheck import THRESHOLD, check_stacked_gradients
+    monkeypatch.setattr(stacked, "relu_backward", lambda dz, a: dz)
+    (_, error), = check_stacked_gradients("mss-dae", runs=2)
+    assert error > 1e3 * THRESHOLD

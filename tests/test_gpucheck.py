@@ -1,0 +1,37 @@
+"""scripts/gpucheck.py, the GPU self-check, run on NumPy as `make gpucheck DEVICE=cpu` runs it."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "gpucheck.py"
+
+
+def test_gpucheck_passes_on_the_cpu_with_one_line_per_check():
+    result = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu"], capture_output=True,
+                            text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    verdicts = [line for line in lines if line.startswith(("PASS", "FAIL"))]
+    assert len(verdicts) > 60 and all(line.startswith("PASS") for line in verdicts)
+    for needle in ("gradient model dae stacked", "fused Adam, one step size per run, float32",
+                   "batch gather from float16 frames", "stacked training step, mss-dae ×3: parameters",
+                   "NCA compositional, sf", "kernel launches per training step, mss-dae: the same for 1 and 3 runs"):
+        assert any(needle in line for line in verdicts), needle
+    assert sum(line.startswith("TIME  training step") for line in lines) == 3
+    assert f"{len(verdicts)} of {len(verdicts)} checks pass" in result.stdout
+
+
+def test_gpucheck_fails_when_the_stacked_step_is_wrong(monkeypatch, capsys):
+    from nca_np import stacked
+    spec = importlib.util.spec_from_file_location("gpucheck_script", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(stacked, "relu_backward", lambda dz, a: dz)  # a forgotten ReLU gate
+    assert script.main(["--device", "cpu"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  stacked training step, mss-dae ×3: parameters" in out
+    assert "FAIL  gradient model mss-dae stacked ×2" in out
