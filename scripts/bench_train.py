@@ -1,18 +1,23 @@
-"""How fast one training step runs, against what this machine allows.
+"""How fast stacked training runs, against what this machine allows.
 
-For each model, one step (forward, backward, Adam) at F = 2049, B = 64,
-float32 is timed and compared with a bound measured in the same run:
+For each model, one stacked training step of R runs (forward, backward,
+Adam; R = 3 on the CPU, 10 on a GPU by default) at F = 2049, B = 64,
+float32, is timed beside R separate steps — a one-run stack (what
+``train`` runs for a single run) and the model-and-Adam path of one run
+(``Model.loss_and_grads`` and ``Adam.step``) — and compared with a bound
+measured in the same run:
 
-* the step's own matrix products, run as plain matmuls of the same shapes
-  (per layer: the forward ``x Wᵀ``, the weight gradient ``δzᵀ x`` and, except
-  for the first layer, the input gradient ``δz W``), plus
+* the step's own matrix products, run as plain batched products of the same
+  shapes for the R runs (per layer: the forward ``x Wᵀ``, the weight gradient
+  ``δzᵀ x`` and, above the first layer, the input gradient ``δz W``), plus
 * one pass of Adam's memory traffic — read θ, ∇, m, v and write θ, m, v,
   7 × 4 bytes per parameter — at the copy bandwidth measured here.
 
-``ratio = bound / step``: 1.0 would mean nothing but matrix products and one
-pass over Adam's state. Usage::
+Every time is per run-step (a step's time over its runs); ``ratio = bound /
+time``: 1.0 would mean nothing but matrix products and one pass over Adam's
+state. ``speed-up`` is the one-run stack's time over the stacked one's. Usage::
 
-    python scripts/bench_train.py [--device cpu|gpu] [--freq 2049] [--batch 64]
+    python scripts/bench_train.py [--device cpu|gpu] [--freq 2049] [--batch 64] [--runs R]
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import tracemalloc
 import numpy
 
 from nca_np import backend
+from nca_np.calibrate import stacked_step
+from nca_np.kernels import batched_matmul
 from nca_np.models import build_model, kind_names, model_kind
 from nca_np.optim import Adam
 
@@ -53,24 +60,25 @@ def copy_bandwidth(module, *, n_bytes=256 * 2**20, repeats=5) -> float:
     return 2 * n_bytes / seconds
 
 
-def matmul_bound(module, depth, n_freq, batch, *, repeats) -> float:
-    """Seconds the step's matrix products take as plain matmuls."""
+def matmul_bound(module, depth, n_freq, batch, runs, *, repeats) -> float:
+    """Seconds the stacked step's matrix products take as plain batched products."""
     x = module.ones((batch, n_freq), dtype=numpy.float32)
-    W = module.ones((n_freq, n_freq), dtype=numpy.float32)
-    out_act = module.empty((batch, n_freq), dtype=numpy.float32)
-    out_w = module.empty((n_freq, n_freq), dtype=numpy.float32)
+    a = module.ones((runs, batch, n_freq), dtype=numpy.float32)
+    W = module.ones((runs, n_freq, n_freq), dtype=numpy.float32)
+    out_act = module.empty((runs, batch, n_freq), dtype=numpy.float32)
+    out_w = module.empty((runs, n_freq, n_freq), dtype=numpy.float32)
 
     def products():
         for layer in range(depth):
-            module.matmul(x, W.T, out=out_act)
-            module.matmul(x.T, x, out=out_w)
+            batched_matmul(x if layer == 0 else a, W, transpose_b=True, out=out_act)
+            batched_matmul(a, x if layer == 0 else a, transpose_a=True, out=out_w)
             if layer > 0:
-                module.matmul(x, W, out=out_act)
+                batched_matmul(a, W, out=out_act)
     return timed(products, repeats=repeats, module=module)
 
 
-def step_function(kind, module, n_freq, batch, seed=0):
-    """A closure running one training step of a fresh model."""
+def model_step(kind, module, n_freq, batch, seed=0):
+    """One step of the model-and-Adam path of a single run."""
     model = build_model(kind, n_freq, seed=seed, module=module)
     rng = backend.rng(seed + 1)
     X = backend.to_device(rng.uniform(0, 1, size=(batch, n_freq)).astype(numpy.float32), module)
@@ -81,7 +89,7 @@ def step_function(kind, module, n_freq, batch, seed=0):
     def step():
         _, grads = model.loss_and_grads(X, Y, out=buffers)
         optimizer.step(grads)
-    return step, sum(int(p.size) for p in model.params)
+    return step
 
 
 def peak_step_memory(step, module) -> int:
@@ -108,6 +116,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--freq", type=int, default=2049)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--runs", type=int, default=None, help="runs stacked (default: 3 on the CPU, 10 on a GPU)")
     parser.add_argument("--repeats", type=int, default=10)
     # `make bench ARGS=...` hands the same options to bench_nca.py, whose
     # own (such as --frames) are not errors here, only noted.
@@ -119,21 +128,29 @@ def main(argv=None) -> int:
     except backend.BackendError as exc:
         print(f"bench_train.py: error: {exc}", file=sys.stderr)
         return 2
-
+    runs = args.runs or (3 if module is numpy else 10)
     bandwidth = copy_bandwidth(module)
-    print(f"training step, F = {args.freq}, B = {args.batch}, float32, on {backend.device_description()}")
-    print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s")
-    header = f"{'model':8} {'step ms':>8} {'bound ms':>9} {'ratio':>6} {'frames/s':>9} {'weights MB':>10} {'peak extra MB':>13}"
+    print(f"training step per run, {runs} runs stacked, F = {args.freq}, B = {args.batch}, float32, "
+          f"on {backend.device_description()}")
+    print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s; times in ms per run-step, ratio = bound / time")
+    header = (f"{'model':8} {'stacked':>8} {'one-run':>8} {'model+Adam':>10} {'bound':>7} {'ratio':>6} "
+              f"{'ratio 1-run':>11} {'speed-up':>8} {'peak extra MB':>13}")
     print(header)
     print("-" * len(header))
     for kind in kind_names():
-        step, n_params = step_function(kind, module, args.freq, args.batch)
-        step_s = timed(step, repeats=args.repeats, module=module)
-        bound_s = (matmul_bound(module, model_kind(kind).n_layers, args.freq, args.batch, repeats=args.repeats)
+        depth = model_kind(kind).n_layers
+        stacked = stacked_step(kind, runs=runs, n_freq=args.freq, batch=args.batch, module=module)
+        stacked_s = timed(stacked, repeats=args.repeats, module=module) / runs
+        single_s = timed(stacked_step(kind, runs=1, n_freq=args.freq, batch=args.batch, module=module),
+                         repeats=args.repeats, module=module)
+        model_s = timed(model_step(kind, module, args.freq, args.batch), repeats=args.repeats, module=module)
+        n_params = 2 * depth * (args.freq**2 + args.freq)
+        bound_s = (matmul_bound(module, depth, args.freq, args.batch, runs, repeats=args.repeats) / runs
                    + ADAM_BYTES_PER_PARAM * n_params / bandwidth)
-        peak = peak_step_memory(step, module)
-        print(f"{kind:8} {step_s * 1e3:8.1f} {bound_s * 1e3:9.1f} {bound_s / step_s:6.2f} "
-              f"{args.batch / step_s:9.0f} {4 * n_params / 2**20:10.1f} {peak / 2**20:13.1f}")
+        peak = peak_step_memory(stacked, module)
+        print(f"{kind:8} {stacked_s * 1e3:8.1f} {single_s * 1e3:8.1f} {model_s * 1e3:10.1f} {bound_s * 1e3:7.1f} "
+              f"{bound_s / stacked_s:6.2f} {bound_s / single_s:11.2f} {single_s / stacked_s:8.2f} "
+              f"{peak / 2**20:13.1f}", flush=True)
     return 0
 
 

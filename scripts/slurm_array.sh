@@ -2,7 +2,8 @@
 # The paper's protocol fanned out over a SLURM job array, one GPU per task.
 #
 #   sbatch scripts/slurm_array.sh prepare                  # once (reads the audio; CPU is enough)
-#   sbatch --array=0-29 scripts/slurm_array.sh train       # 30 (model, run) trainings, one per task
+#   sbatch --array=0-7 scripts/slurm_array.sh train        # 30 (model, run) trainings over 8 GPUs, dealt
+#                                                          # by cost; a task's runs of one model train stacked
 #   sbatch --array=0-15 scripts/slurm_array.sh evaluate    # BSS Eval of every run on every test excerpt
 #                                                          # (reads the audio; museval runs on the CPU)
 #   sbatch --array=0-15 scripts/slurm_array.sh couplings   # NCA segments split over 16 tasks
