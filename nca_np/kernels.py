@@ -183,14 +183,16 @@ def output_delta(v, y, x=None, *, scale, out):
     if x is not None:
         kernel = compiled(module, MASKED_OUTPUT_DELTA)
         if kernel is not None:
-            return kernel(x, v, y, typed, out)
+            kernel(x, v, y, typed, out)
+            return out
         module.multiply(x, v, out=out)
         out -= y
         out *= x
     else:
         kernel = compiled(module, OUTPUT_DELTA)
         if kernel is not None:
-            return kernel(v, y, typed, out)
+            kernel(v, y, typed, out)
+            return out
         module.subtract(v, y, out=out)
     out *= typed
     out *= v > 0
@@ -210,7 +212,8 @@ def squared_error(v, y, x=None, *, out):
     kernel = compiled(module, MASKED_SQUARED_ERROR if x is not None else SQUARED_ERROR)
     if kernel is not None:
         args = (x, v, y) if x is not None else (v, y)
-        return kernel(*args, axis=(1, 2), out=out)
+        kernel(*args, axis=(1, 2), out=out)
+        return out
     difference = module.multiply(x, v) if x is not None else v
     difference = module.subtract(difference, y)
     return module.sum(module.square(difference, dtype=numpy.float64), axis=(1, 2), out=out)
@@ -230,7 +233,8 @@ def gather_rows(mixture, vocals, rows, cols, x, y):
     kernel = compiled(module, GATHER_ROWS)
     if kernel is not None:
         width = numpy.int64(mixture.shape[1])
-        return kernel(mixture.reshape(-1), vocals.reshape(-1), rows, cols, width, x, y)
+        kernel(mixture.reshape(-1), vocals.reshape(-1), rows, cols, width, x, y)
+        return x, y
     flat_rows = rows.reshape(-1)
     x[...] = module.take(mixture, flat_rows, axis=0)
     y[...] = module.take(vocals, flat_rows, axis=0)

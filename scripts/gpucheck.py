@@ -135,16 +135,17 @@ def step_checks(checks: Checks, module) -> None:
         stack = StackedModel.build(kind, CHECK_FREQ, SEEDS, dtype=numpy.float64, module=module)
         optimizer = StackedAdam(stack, lr=RATES)
         adams = [Adam(model.params, lr=rate) for model, rate in zip(host, RATES)]
-        grads, squared = module.zeros_like(stack.flat), module.zeros(len(SEEDS), dtype=numpy.float64)
+        # the squared errors go to a column of a (runs, steps) array, as in training
+        grads, squared = module.zeros_like(stack.flat), module.zeros((len(SEEDS), 2), dtype=numpy.float64)
         X_dev, Y_dev = backend.to_device(X, module), backend.to_device(Y, module)
         loss_error = 0.0
-        for _ in range(2):
-            stack.loss_and_grads(X_dev, Y_dev, grads, squared)
+        for step in range(2):
+            stack.loss_and_grads(X_dev, Y_dev, grads, squared[:, step])
             optimizer.step(grads)
             for r, (model, adam) in enumerate(zip(host, adams)):
                 loss, model_grads = model.loss_and_grads(X, Y)
                 adam.step(model_grads)
-                loss_error = max(loss_error, relative_error(backend.to_host(squared)[r] / Y.size, float(loss)))
+                loss_error = max(loss_error, relative_error(backend.to_host(squared)[r, step] / Y.size, float(loss)))
         error = max(relative_error(mine, theirs) for r in range(len(SEEDS))
                     for mine, theirs in zip(stack.run_params(r), host[r].params))
         checks.error(f"stacked training step, {kind} ×{len(SEEDS)}: parameters", error, FLOAT64_THRESHOLD)

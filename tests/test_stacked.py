@@ -2,6 +2,8 @@
 runs give, resume exactly from any interruption, and issue a number of
 device launches per step that does not grow with R."""
 
+import re
+
 import numpy
 import pytest
 
@@ -142,6 +144,8 @@ def test_resume_after_a_failure_mid_epoch_equals_an_uninterrupted_run(tmp_path, 
     assert all(read_state(d / CHECKPOINT)[1]["history"][-1]["epoch"] == 3 for d in dirs)
     lines = _resume(tmp_path)
     assert sum("resuming after epoch 3" in line for line in lines) == 3
+    # without a terminal: one line per epoch, with the time it took
+    assert re.match(r"dae epoch 4 \(3 runs, [0-9.]+ s, [0-9]+ frames/s per run\): seed 1 loss [0-9.e-]+ lr 0.1 ", lines[3])
     _assert_same_runs(tmp_path, uninterrupted)
 
 
