@@ -335,7 +335,7 @@ class DeviceFrames:
 
     Batches follow :func:`epoch_order`, drawn on the host from ``rng`` and
     moved to the device once per epoch; each batch is gathered and cast to
-    float32 by one fused kernel (:func:`nca_np.kernels.gather_rows`): the same batches as
+    float32 in one pass (one fused kernel on CuPy, :func:`nca_np.kernels.gather_rows`): the same batches as
     :class:`ArrayFrames` with the same data, block settings and ``rng``.
 
     Args:

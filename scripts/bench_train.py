@@ -15,7 +15,9 @@ measured in the same run:
 
 Every time is per run-step (a step's time over its runs); ``ratio = bound /
 time``: 1.0 would mean nothing but matrix products and one pass over Adam's
-state. ``speed-up`` is the one-run stack's time over the stacked one's. Usage::
+state. ``speed-up`` is the one-run stack's time over the stacked one's. The
+four are timed in turn, round after round, and each keeps its fastest
+round, so load from other work on the machine slows them alike. Usage::
 
     python scripts/bench_train.py [--device cpu|gpu] [--freq 2049] [--batch 64] [--runs R]
 """
@@ -52,6 +54,22 @@ def timed(fn, *, repeats, module) -> float:
     return statistics.median(times)
 
 
+def timed_together(fns, *, repeats, module) -> list[float]:
+    """Least seconds of each ``fns[i]()`` over ``repeats`` rounds, each round
+    running every function once in turn after one warm-up round: on a shared
+    machine, load that comes and goes slows them alike."""
+    best = [float("inf")] * len(fns)
+    for round_number in range(repeats + 1):
+        for i, fn in enumerate(fns):
+            backend.synchronize(module)
+            start = time.perf_counter()
+            fn()
+            backend.synchronize(module)
+            if round_number:
+                best[i] = min(best[i], time.perf_counter() - start)
+    return best
+
+
 def copy_bandwidth(module, *, n_bytes=256 * 2**20, repeats=5) -> float:
     """Bytes per second moved by a large array copy (read + write)."""
     src = module.ones(n_bytes // 4, dtype=numpy.float32)
@@ -60,8 +78,8 @@ def copy_bandwidth(module, *, n_bytes=256 * 2**20, repeats=5) -> float:
     return 2 * n_bytes / seconds
 
 
-def matmul_bound(module, depth, n_freq, batch, runs, *, repeats) -> float:
-    """Seconds the stacked step's matrix products take as plain batched products."""
+def matmul_products(module, depth, n_freq, batch, runs):
+    """A closure running the stacked step's matrix products as plain batched products."""
     x = module.ones((batch, n_freq), dtype=numpy.float32)
     a = module.ones((runs, batch, n_freq), dtype=numpy.float32)
     W = module.ones((runs, n_freq, n_freq), dtype=numpy.float32)
@@ -74,7 +92,7 @@ def matmul_bound(module, depth, n_freq, batch, runs, *, repeats) -> float:
             batched_matmul(a, x if layer == 0 else a, transpose_a=True, out=out_w)
             if layer > 0:
                 batched_matmul(a, W, out=out_act)
-    return timed(products, repeats=repeats, module=module)
+    return products
 
 
 def model_step(kind, module, n_freq, batch, seed=0):
@@ -140,13 +158,14 @@ def main(argv=None) -> int:
     for kind in kind_names():
         depth = model_kind(kind).n_layers
         stacked = stacked_step(kind, runs=runs, n_freq=args.freq, batch=args.batch, module=module)
-        stacked_s = timed(stacked, repeats=args.repeats, module=module) / runs
-        single_s = timed(stacked_step(kind, runs=1, n_freq=args.freq, batch=args.batch, module=module),
-                         repeats=args.repeats, module=module)
-        model_s = timed(model_step(kind, module, args.freq, args.batch), repeats=args.repeats, module=module)
+        single = stacked_step(kind, runs=1, n_freq=args.freq, batch=args.batch, module=module)
+        model = model_step(kind, module, args.freq, args.batch)
+        products = matmul_products(module, depth, args.freq, args.batch, runs)
+        stacked_s, single_s, model_s, products_s = timed_together([stacked, single, model, products],
+                                                                  repeats=args.repeats, module=module)
+        stacked_s /= runs
         n_params = 2 * depth * (args.freq**2 + args.freq)
-        bound_s = (matmul_bound(module, depth, args.freq, args.batch, runs, repeats=args.repeats) / runs
-                   + ADAM_BYTES_PER_PARAM * n_params / bandwidth)
+        bound_s = products_s / runs + ADAM_BYTES_PER_PARAM * n_params / bandwidth
         peak = peak_step_memory(stacked, module)
         print(f"{kind:8} {stacked_s * 1e3:8.1f} {single_s * 1e3:8.1f} {model_s * 1e3:10.1f} {bound_s * 1e3:7.1f} "
               f"{bound_s / stacked_s:6.2f} {bound_s / single_s:11.2f} {single_s / stacked_s:8.2f} "
