@@ -232,6 +232,8 @@ class StackedAdam:
         self.m, self.v = moments if moments is not None else (module.zeros_like(stack.flat),
                                                               module.zeros_like(stack.flat))
         lrs = [lr] * stack.n_runs if numpy.ndim(lr) == 0 else list(lr)
+        if len(lrs) != stack.n_runs:
+            raise ValueError(f"{len(lrs)} learning rates for a stack of {stack.n_runs} runs")
         self.runs = []
         for r in range(stack.n_runs):
             moments_r = (stack.layout.row_views(self.m[r]), stack.layout.row_views(self.v[r]))

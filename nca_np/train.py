@@ -378,9 +378,9 @@ def _train_together(job: _Job, runs: list[_Run]) -> dict:
             if job.on_epoch_end is not None:
                 job.on_epoch_end(record)
         keep = [i for i, run in enumerate(runs) if run.status == "running"]
-        if len(keep) < len(runs):
+        if keep and len(keep) < len(runs):
             stack, optimizer = _without_stopped(stack, optimizer, keep)
-            runs = [runs[i] for i in keep]
+        runs = [runs[i] for i in keep]
     return finished
 
 
