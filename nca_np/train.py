@@ -17,7 +17,7 @@ What is written per run is what a single run writes: after every epoch
 schedule, the shuffling generator's state, the scaler, configuration, seed,
 versions and loss history — and, when the schedule stops the run,
 ``model.npz``, whose existence marks the run as finished. The checkpoints of
-one epoch are committed in two phases (every run's ``checkpoint.next.npz``,
+one epoch are committed in two phases (every run's ``checkpoint.npz.next``,
 then each renamed to ``checkpoint.npz``); a restart finishes or undoes a
 commit that was interrupted (:func:`_settle`), so the runs of a stack always
 resume from the same epoch, exactly as if they had never stopped.
@@ -45,7 +45,8 @@ from .optim import PlateauSchedule
 from .stacked import StackedAdam, StackedModel
 
 CHECKPOINT = "checkpoint.npz"
-NEXT_CHECKPOINT = "checkpoint.next.npz"
+#: The new checkpoint of an epoch until every run of the stack has one (see _settle).
+NEXT_CHECKPOINT = "checkpoint.npz.next"
 FINAL_MODEL = "model.npz"
 #: The runs of a kind share the batch order drawn from this named stream of
 #: the order seed (see :func:`order_rng`).
@@ -269,7 +270,7 @@ def _settle(run_dirs) -> None:
     """Finish or undo an interrupted two-phase commit of the runs' checkpoints.
 
     If every run has a checkpoint of the newest epoch (renamed, or still
-    ``checkpoint.next.npz``), the commit had finished writing: the renames
+    ``checkpoint.npz.next``), the commit had finished writing: the renames
     are completed. Otherwise it stopped while writing: the new files are
     removed, and every run resumes from the epoch before.
     """
