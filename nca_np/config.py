@@ -100,6 +100,12 @@ RULES = {
     "nca.iterations": (_positive, "positive"),
     "nca.learning_rate": (_positive, "positive"),
     "nca.composition": (_choices("paper", "authors-code"), "'paper' or 'authors-code'"),
+    "nca.max_iterations": (_positive, "positive (and at least nca.iterations)"),
+    "nca.tolerance": (_fraction, "between 0 and 1"),
+    "nca.checkpoint_every": (_positive, "positive"),
+    "nca.init_seeds": (lambda v: v >= 0, "zero or positive"),
+    "nca.spread_segments": (lambda v: v >= 0, "zero or positive"),
+    "nca.local_map_stride": (_positive, "positive"),
 }
 
 
@@ -137,6 +143,10 @@ def validate(config: dict) -> None:
         if not holds(value):
             wanted = wanted() if callable(wanted) else wanted
             raise ConfigError(f"setting {dotted} = {value!r} is invalid: it must be {wanted}")
+    nca = config["nca"]
+    if nca["max_iterations"] < nca["iterations"]:
+        raise ConfigError(f"setting nca.max_iterations = {nca['max_iterations']} is below nca.iterations = "
+                          f"{nca['iterations']}: the cap must be at least the number of iterations")
 
 
 def _parse_value(text: str):

@@ -359,6 +359,21 @@ def unit_draws(config: dict, kind: str, segment_number: int) -> tuple[int, int]:
     return int(rng.integers(config["train"]["runs"])), int(rng.integers(2**31 - 1))
 
 
+def spread_seeds(config: dict, kind: str, segment_number: int) -> list[int]:
+    """The seeds of the extra fits that measure the spread over
+    initialisations: ``nca.init_seeds`` of them on the first
+    ``nca.spread_segments`` segments, none elsewhere.
+
+    Drawn from a stream of ``nca.seed`` of their own, keyed like
+    :func:`unit_draws`, so they never repeat the unit's own seed's draw.
+    """
+    nca = config["nca"]
+    if segment_number >= nca["spread_segments"] or nca["init_seeds"] < 1:
+        return []
+    rng = backend.rng(nca["seed"], stream=backend.stream_key("couplings-spread", kind, segment_number))
+    return [int(seed) for seed in rng.integers(2**31 - 1, size=nca["init_seeds"])]
+
+
 def couplings_units(config: dict, segments: list[dict], kinds=None) -> list[tuple[str, dict]]:
     kinds = [k for k in config["train"]["kinds"] if kinds is None or k in kinds]
     return [(kind, segment) for kind in kinds for segment in segments]
@@ -368,45 +383,211 @@ def _unit_path(ws: Workspace, kind: str, segment: dict) -> Path:
     return ws.couplings_dir / kind / f"{segment['id']}.json"
 
 
-def fit_unit(config: dict, model, mixture, vocals, *, init_seed: int) -> tuple[dict, dict]:
-    """All NCA fits and measures for one (model, segment) pair.
+def _fit_settings(nca: dict) -> dict:
+    """The keyword arguments of ``fit_couplings`` that the configuration sets."""
+    return {"iterations": nca["iterations"], "lr": nca["learning_rate"], "composition": nca["composition"],
+            "max_iterations": nca["max_iterations"], "tolerance": nca["tolerance"],
+            "checkpoint_every": nca["checkpoint_every"]}
+
+
+def _share(part: float, whole: float) -> float:
+    return part / whole if whole > 0 else float("nan")
+
+
+def _relative_error(C, X, V) -> float:
+    """``‖V − C X‖₁ / ‖V‖₁`` (docs/method.md#convergence)."""
+    xp = backend.array_module(C, X, V)
+    return _share(backend.to_float(xp.abs(V - C @ X).sum()), backend.to_float(xp.abs(V).sum()))
+
+
+def fit_unit(config: dict, model, mixture, vocals, *, init_seed: int, spread_seeds=(), draws=None,
+             watch=None) -> tuple[dict, dict]:
+    """All NCA fits, exact references and measures for one (model, segment) pair.
 
     Args:
         mixture, vocals: (F, T) scaled magnitudes of the segment (frames as
             columns), on the model's module.
+        init_seed: the seed of each strategy's fit.
+        spread_seeds: seeds of extra fits of each strategy, to measure the
+            spread of the result over initialisations.
+        draws: ``(strategy, n_freq, n_layers, seed) -> initial matrices``
+            (e.g. :meth:`InitialDraws.take`); default: drawn when needed.
+        watch: ``(label, iterations cap) -> on_checkpoint callback or None``,
+            to show a fit's progress.
 
     Returns:
         ``(measures, matrices)``: the JSON-able numbers of the unit, and the
         host couplings matrices by strategy (for Figure 3).
     """
     from .metrics import reconstruct, snr_db, tod_r
-    from .nca import fit_couplings, identity_couplings, linear_composition
+    from .nca import fit_couplings, identity_couplings, initial_draws, linear_composition
+    from .references import nearest_exact_couplings, pseudo_inverse
 
     nca = config["nca"]
     kind = model.kind
+    draws = draws or initial_draws
+    settings = _fit_settings(nca)
     output = model.predict(mixture.T).T
+    target = model.decoder_output(mixture.T).T
+    pinv = pseudo_inverse(mixture)
+
+    def measure(C) -> dict:
+        return {"tod_r": tod_r(C), "snr_model_db": snr_db(output, reconstruct(kind, C, mixture)),
+                "relative_error": _relative_error(C, mixture, target)}
+
+    def fit(strategy, seed):
+        on_checkpoint = watch(f"{strategy} seed {seed}", settings["max_iterations"]) if watch else None
+        return fit_couplings(model, mixture, strategy, seed=seed, on_checkpoint=on_checkpoint,
+                             initial=draws(strategy, model.n_freq, model.n_layers, seed), **settings)
+
     measures = {"strategies": {}, "baselines": {}, "model_snr_true_db": snr_db(vocals, output)}
     matrices = {}
     for strategy in nca["strategies"]:
         started = time.perf_counter()
-        fit = fit_couplings(model, mixture, strategy, iterations=nca["iterations"], lr=nca["learning_rate"],
-                            seed=init_seed, composition=nca["composition"])
-        estimate = reconstruct(kind, fit.C, mixture)
-        measures["strategies"][strategy] = {
-            "tod_r": tod_r(fit.C), "snr_model_db": snr_db(output, estimate), "snr_true_db": snr_db(vocals, estimate),
-            "losses": [float(x) for x in fit.losses], "seconds": time.perf_counter() - started,
-            "init_seed": init_seed}
-        matrices[f"C_{strategy}"] = backend.to_host(fit.C)
+        result = fit(strategy, init_seed)
+        seconds = time.perf_counter() - started
+        estimate = reconstruct(kind, result.C, mixture)
+        entry = {"tod_r": tod_r(result.C), "snr_model_db": snr_db(output, estimate),
+                 "snr_true_db": snr_db(vocals, estimate), "losses": [float(x) for x in result.losses],
+                 "seconds": seconds, "init_seed": init_seed, **result.diagnostics(),
+                 "nearest_exact_to_init": measure(nearest_exact_couplings(mixture, target, result.C_initial,
+                                                                          pinv=pinv))}
+        if spread_seeds:
+            entry["spread"] = [_spread_record(fit(strategy, seed), seed) for seed in spread_seeds]
+            values = [entry["tod_r"]] + [record["tod_r"] for record in entry["spread"]]
+            entry["tod_r_range"] = [min(values), max(values)]
+        measures["strategies"][strategy] = entry
+        matrices[f"C_{strategy}"] = backend.to_host(result.C)
     linear = linear_composition(model)
     measures["baselines"]["linear"] = {"snr_model_db": snr_db(output, reconstruct(kind, linear, mixture)),
                                        "tod_r": tod_r(linear)}
     identity = identity_couplings(model.n_freq, like=mixture)
     measures["baselines"]["identity"] = {"snr_model_db": snr_db(output, reconstruct(kind, identity, mixture))}
+    measures["references"] = _references(nca, model, mixture, target, pinv, measure)
     return measures, matrices
 
 
+def _spread_record(fit, seed: int) -> dict:
+    """What the spread over initialisations keeps of one extra fit."""
+    from .metrics import tod_r
+    return {"init_seed": seed, "tod_r": tod_r(fit.C), "relative_error": fit.relative_error,
+            "converged": bool(fit.converged), "iterations": fit.iterations}
+
+
+def _references(nca: dict, model, mixture, target, pinv, measure) -> dict:
+    """The exact references of one segment (docs/method.md#exact-references)."""
+    from .nca import identity_couplings
+    from .references import (frames_used, local_offsets, mean_local_map, min_norm_couplings,
+                             nearest_exact_couplings)
+
+    started = time.perf_counter()
+    xp = backend.array_module(mixture)
+    stride = nca["local_map_stride"]
+    offsets = local_offsets(model, mixture)
+    n_freq, n_frames = mixture.shape
+    identity = identity_couplings(n_freq, like=offsets)
+    return {
+        "rank": pinv.rank, "n_freq": int(n_freq), "frames": int(n_frames), "determined": pinv.determined,
+        "offset_share": _share(backend.to_float(xp.abs(offsets).sum()), backend.to_float(xp.abs(target).sum())),
+        "min_norm": measure(min_norm_couplings(mixture, target, pinv=pinv)),
+        "mean_local_map": {**measure(mean_local_map(model, mixture, frame_stride=stride)),
+                           "frame_stride": stride, "frames_used": frames_used(n_frames, stride)},
+        "nearest_identity": measure(nearest_exact_couplings(mixture, target, identity, pinv=pinv)),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+class InitialDraws:
+    """Every fit's initial matrices, drawn on a host thread ahead of the fit.
+
+    Drawing the (F, F) Glorot matrices of a fit on the host takes tens of
+    milliseconds at F = 2049, during which a GPU would wait. The fits of a
+    stage are known in advance, so a worker thread draws the next ones while
+    the current one runs. The numbers are :func:`nca_np.nca.initial_draws`'s,
+    whether drawn ahead or not, on CPU and GPU alike.
+
+    Args:
+        requests: ``(strategy, n_freq, n_layers, seed)`` of every fit, in
+            the order the fits will ask for them.
+        ahead: how many fits' draws may wait ready at once.
+    """
+
+    def __init__(self, requests, *, ahead: int = 2):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._requests = list(requests)
+        self._position = 0
+        self._ahead = ahead
+        self._futures: dict = {}
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nca-draws")
+        self._fill()
+
+    def _fill(self) -> None:
+        from .nca import initial_draws
+
+        while self._position < len(self._requests) and len(self._futures) < self._ahead:
+            request = self._requests[self._position]
+            self._position += 1
+            if request not in self._futures:
+                self._futures[request] = self._pool.submit(initial_draws, *request)
+
+    def take(self, strategy: str, n_freq: int, n_layers: int, seed: int) -> list:
+        """The initial matrices of one fit (drawn now if they were not asked for ahead)."""
+        from .nca import initial_draws
+
+        request = (strategy, n_freq, n_layers, seed)
+        future = self._futures.pop(request, None)
+        self._fill()
+        return future.result() if future is not None else initial_draws(*request)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _FitBar:
+    """A progress bar over one fit's iterations, moved at each checkpoint
+    (so it costs no device read of its own); nothing without a terminal."""
+
+    def __init__(self, enabled: bool, prefix: str = ""):
+        self.enabled, self.prefix, self.bar = enabled, prefix, None
+
+    def __call__(self, label: str, total: int):
+        self.close()
+        if not self.enabled:
+            return None
+        from tqdm.auto import tqdm
+        self.bar = tqdm(total=total, desc=f"{self.prefix} {label}", unit="it", leave=False, position=1,
+                        dynamic_ncols=True)
+
+        def update(record: dict) -> None:
+            self.bar.update(record["iteration"] - self.bar.n)
+            self.bar.set_postfix(tod_r=f"{record['tod_r']:.3g}", error=f"{record['relative_error']:.3g}")
+        return update
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _fit_requests(config: dict, todo) -> list[tuple]:
+    """``(strategy, n_freq, n_layers, seed)`` of every fit of ``todo``, in
+    the order :func:`fit_unit` makes them."""
+    from .models import model_kind
+
+    n_freq = config["stft"]["n_fft"] // 2 + 1
+    requests = []
+    for kind, segment in todo:
+        seeds = [unit_draws(config, kind, segment["number"])[1], *spread_seeds(config, kind, segment["number"])]
+        n_layers = model_kind(kind).n_layers
+        requests += [(strategy, n_freq, n_layers, seed) for strategy in config["nca"]["strategies"]
+                     for seed in seeds]
+    return requests
+
+
 def couplings_stage(ws: Workspace, *, shard=Shard(), kinds=None, progress=True, log=print) -> None:
-    """Fit both NCA strategies for every (kind, segment) unit of this shard."""
+    """Fit the NCA strategies and the exact references for every (kind,
+    segment) unit of this shard."""
     config = ws.config
     remove_stale_temporaries(ws.couplings_dir, log=log)
     cache = open_prepared_cache(ws)
@@ -430,8 +611,11 @@ def couplings_stage(ws: Workspace, *, shard=Shard(), kinds=None, progress=True, 
     version, chash = code_version(), config_hash(config)
     started = time.perf_counter()
     models = {}  # the runs of the current kind, loaded once (units are sorted by kind)
+    draws = InitialDraws(_fit_requests(config, todo))
+    bar = _FitBar(progress)
     try:
         for kind, segment in _unit_bar(todo, "couplings", progress):
+            unit_started = time.perf_counter()
             run, init_seed = unit_draws(config, kind, segment["number"])
             if (kind, run) not in models:
                 models = {key: m for key, m in models.items() if key[0] == kind}
@@ -440,7 +624,11 @@ def couplings_stage(ws: Workspace, *, shard=Shard(), kinds=None, progress=True, 
             data = cache.segments(config["nca"]["segment_frames"], indices=[segment["number"]], log=None)[0]
             mixture = backend.to_device(data.mixture, module)
             vocals = backend.to_device(data.vocals, module)
-            measures, matrices = fit_unit(config, model, mixture, vocals, init_seed=init_seed)
+            bar.prefix = f"{kind} {segment['id']}"
+            measures, matrices = fit_unit(config, model, mixture, vocals, init_seed=init_seed,
+                                          spread_seeds=spread_seeds(config, kind, segment["number"]),
+                                          draws=draws.take, watch=bar)
+            bar.close()
             if segment["number"] == FIGURE_SEGMENT:
                 target = model.decoder_output(mixture.T).T
                 save_npz(_unit_path(ws, kind, segment).with_suffix(".npz"),
@@ -448,17 +636,19 @@ def couplings_stage(ws: Workspace, *, shard=Shard(), kinds=None, progress=True, 
                           "target": backend.to_host(target)})
             unit = {"config_hash": chash, "code_version": version, "kind": kind, "segment": segment,
                     "run": run, "model_seed": run_seed(config, run), "composition": config["nca"]["composition"],
-                    **measures}
+                    **measures, "seconds": time.perf_counter() - unit_started}
             write_json(_unit_path(ws, kind, segment), unit)
             log(_unit_line(unit))
     finally:
+        bar.close()
+        draws.close()
         models.clear()
         backend.free_memory_pool(module)
         _record_time(ws.couplings_dir, "couplings", shard, time.perf_counter() - started)
 
 
 #: What every couplings unit file holds (a file without them is damaged).
-UNIT_KEYS = ("config_hash", "code_version", "kind", "segment", "run", "strategies", "baselines")
+UNIT_KEYS = ("config_hash", "code_version", "kind", "segment", "run", "strategies", "baselines", "references")
 
 
 def _unit_damage(path: Path) -> str | None:
@@ -480,9 +670,14 @@ def _unit_damage(path: Path) -> str | None:
 
 
 def _unit_line(unit: dict) -> str:
-    parts = [f"{s} TOD-R {m['tod_r']:.3g}, SNR {m['snr_model_db']:.1f} dB" for s, m in unit["strategies"].items()]
+    parts = [f"{s} TOD-R {m['tod_r']:.3g}, SNR {m['snr_model_db']:.1f} dB, error {m['relative_error']:.3g}"
+             f"{'' if m['converged'] else ' (not converged)'}" for s, m in unit["strategies"].items()]
+    refs = unit["references"]
+    parts.append(f"min-norm TOD-R {refs['min_norm']['tod_r']:.3g}, mean local map TOD-R "
+                 f"{refs['mean_local_map']['tod_r']:.3g}, rank X {refs['rank']} of F {refs['n_freq']}")
     seg = unit["segment"]
-    return f"couplings {unit['kind']} {seg['id']} ({seg['track']} #{seg['index']}, run {unit['run']}): " + "; ".join(parts)
+    return (f"couplings {unit['kind']} {seg['id']} ({seg['track']} #{seg['index']}, run {unit['run']}, "
+            f"{unit['seconds']:.1f} s): " + "; ".join(parts))
 
 
 def _require_trained(ws: Workspace, pairs) -> None:

@@ -1,12 +1,14 @@
 """The report's figures: Figures 2–3, training loss, NCA convergence (MATH.md §5–§6).
 
-:func:`write_figures` draws the four PNGs of the report folder:
+:func:`write_figures` draws the PNGs of the report folder:
 
 - ``figure2_linear_compositions.png``: the linear composition of each model;
 - ``figure3_couplings.png``: the couplings of one segment, full and zoomed
   on the lowest bins, with the target V;
 - ``training_loss.png``: the training loss per epoch of every run;
-- ``nca_convergence.png``: the NCA loss per iteration over segments.
+- ``nca_convergence.png``: the NCA loss per iteration over segments;
+- ``nca_trajectories.png``: TOD-R and relative error of the NCA's ``C``
+  at its checkpoints, beside the exact references' TOD-R.
 
 The report (:mod:`nca_np.report`) validates the inputs first, so every
 matrix here is a host NumPy array of a checked shape. Figures render with
@@ -36,6 +38,7 @@ FIGURE_FILES = {
     "figure3": "figure3_couplings.png",
     "training": "training_loss.png",
     "convergence": "nca_convergence.png",
+    "trajectories": "nca_trajectories.png",
 }
 DPI = 120
 
@@ -426,10 +429,69 @@ def plot_nca_convergence(path: Path, units, models: dict, strategies, *, dpi=DPI
     _save_png(figure, path, dpi)
 
 
+def _trajectory(fit: dict, key: str) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """(iterations, values) of one fit's checkpoints; undrawable values NaN."""
+    points = fit.get("trajectory") or []
+    return (numpy.array([p["iteration"] for p in points], dtype=numpy.float64),
+            _positive(p.get(key) for p in points))
+
+
+def _reference_median(units, kind: str, name: str) -> float:
+    values = _positive(u.get("references", {}).get(name, {}).get("tod_r") for u in units if u["kind"] == kind)
+    return float(numpy.nanmedian(values)) if not numpy.isnan(values).all() else math.nan
+
+
+def plot_nca_trajectories(path: Path, units, models: dict, strategies, *, dpi=DPI) -> None:
+    """TOD-R (top) and relative error ``‖V − C X‖₁ / ‖V‖₁`` (bottom) of the
+    NCA's ``C`` against iterations: one thin line per segment and strategy,
+    with the median TOD-R of the minimum-norm couplings and of the mean
+    local map as horizontal lines (docs/method.md#exact-references).
+
+    Args:
+        units: the couplings results; each strategy's ``trajectory`` is a
+            list of ``{"iteration", "tod_r", "relative_error"}``.
+        models: ``{kind: display name}``, one column each.
+        strategies: one colour each.
+    """
+    figure = _figure(3.9 * len(models), 6.0)
+    axes = figure.subplots(2, len(models), squeeze=False)
+    for column, (kind, name) in enumerate(models.items()):
+        top, bottom = axes[0, column], axes[1, column]
+        top.set_title(name)
+        drawn = False
+        for colour, strategy in enumerate(strategies):
+            fits = [u["strategies"][strategy] for u in units
+                    if u["kind"] == kind and strategy in u.get("strategies", {})]
+            for index, fit in enumerate(fits):
+                label = f"{strategy} ({len(fits)} segments)" if index == 0 else None
+                for axis, key in ((top, "tod_r"), (bottom, "relative_error")):
+                    iterations, values = _trajectory(fit, key)
+                    if iterations.size and not numpy.isnan(values).all():
+                        axis.plot(iterations, values, color=f"C{colour}", linewidth=0.8, alpha=0.5, label=label)
+                        drawn = True
+        if not drawn:
+            _not_available(top, "no trajectory")
+            _not_available(bottom, "no trajectory")
+            continue
+        for reference, style, label in (("min_norm", "--", "min-norm V X⁺"),
+                                        ("mean_local_map", ":", "mean local map")):
+            level = _reference_median(units, kind, reference)
+            if not math.isnan(level):
+                top.axhline(level, color="black", linestyle=style, linewidth=1.2, label=f"{label} (median)")
+        for axis in (top, bottom):
+            axis.set_yscale("log")
+            axis.set_xlabel("iteration")
+        top.set_ylabel("TOD-R (Eq. 22)")
+        bottom.set_ylabel("‖V − C X‖₁ / ‖V‖₁")
+        top.legend(fontsize="x-small")
+    figure.suptitle("NCA trajectories: TOD-R and relative error of C at its checkpoints")
+    _save_png(figure, path, dpi)
+
+
 def write_figures(out_dir: Path, *, units, models: dict, strategies, histories: dict,
                   linear_compositions: dict, figure_segment: dict, sample_rate, n_fft,
                   dpi: int = DPI, hop=None) -> list[Path]:
-    """Draw the four figures into ``out_dir`` (file names in :data:`FIGURE_FILES`).
+    """Draw the figures into ``out_dir`` (file names in :data:`FIGURE_FILES`).
 
     Args:
         units, strategies: as for :func:`plot_nca_convergence`.
@@ -451,6 +513,7 @@ def write_figures(out_dir: Path, *, units, models: dict, strategies, histories: 
                    dpi=dpi, hop=hop)
     plot_training_loss(paths["training"], histories, models, dpi=dpi)
     plot_nca_convergence(paths["convergence"], units, models, strategies, dpi=dpi)
+    plot_nca_trajectories(paths["trajectories"], units, models, strategies, dpi=dpi)
     return list(paths.values())
 
 

@@ -17,17 +17,21 @@ Two strategies fit ``C`` by minimising the entry-wise L1 error
   (``M_l = W_l + 1 b_lᵀ``, ``Z_l = M_l P_lᵀ``); see MATH.md §4.
 
 Baselines: :func:`linear_composition` (Eqs. 11–13) and
-:func:`identity_couplings`. Derivations: ``docs/gradients.md``.
+:func:`identity_couplings`. Derivations: ``docs/gradients.md``. Exact
+references to judge a fit by: :mod:`nca_np.references`. Every fit records
+its diagnostics — relative error, the fall of its loss, a convergence
+verdict (docs/method.md#convergence), a trajectory of checkpoints.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy
 
-from . import backend
+from . import backend, metrics
 from .errors import UserError
 from .models import glorot_normal
 from .optim import Adam
@@ -39,9 +43,18 @@ class CouplingsError(UserError, ValueError):
     """Inputs the NCA cannot work with: shapes, layers, strategy, reading."""
 
 
+#: The convergence rule (docs/method.md#convergence): a fit has converged
+#: when its mean loss over the last CONVERGENCE_WINDOW of its iterations is
+#: within ``tolerance`` (relative) of the mean over the window before.
+CONVERGENCE_WINDOW = 0.1
+CONVERGENCE_TOLERANCE = 0.01
+#: Iterations between two trajectory checkpoints (and convergence checks).
+CHECKPOINT_EVERY = 50
+
+
 @dataclass
 class CouplingsFit:
-    """The result of :func:`fit_couplings`.
+    """The result of :func:`fit_couplings`, with its diagnostics.
 
     Attributes:
         C: (F, F) couplings matrix, in the model's array module and dtype.
@@ -54,6 +67,20 @@ class CouplingsFit:
         strategy: "student" or "compositional".
         composition: the reading of Eqs. 18–19 that was asked for ("paper"
             or "authors-code"); it only changes the compositional strategy.
+        C_initial: (F, F) the couplings at the start (the Glorot ``C`` of
+            the student, the ``C`` composed from the initial ``P_l``).
+        relative_error: ``‖V − C X‖₁ / ‖V‖₁`` of the final ``C`` (``C = 0``
+            scores 1).
+        loss_fall: :func:`loss_fall` of ``losses``: how much the loss still
+            fell over the last 10 % of the iterations.
+        converged: the verdict of the rule (``|loss_fall| < tolerance``).
+        stopped: why the fit ended: "iterations" (the fixed count ran out),
+            "tolerance" (converged before the cap) or "cap" (reached
+            ``max_iterations`` without converging).
+        trajectory: checkpoints ``{"iteration", "tod_r", "relative_error"}``
+            every ``checkpoint_every`` iterations (``iteration`` = Adam steps
+            taken), then the final ``C``.
+        tolerance: the tolerance of the verdict.
     """
 
     C: object
@@ -61,6 +88,64 @@ class CouplingsFit:
     losses: numpy.ndarray
     strategy: str
     composition: str
+    C_initial: object = None
+    relative_error: float = math.nan
+    loss_fall: float = math.nan
+    converged: bool = False
+    stopped: str = "iterations"
+    trajectory: list = field(default_factory=list)
+    tolerance: float = CONVERGENCE_TOLERANCE
+
+    @property
+    def iterations(self) -> int:
+        """Adam steps taken."""
+        return int(self.losses.shape[0])
+
+    def diagnostics(self) -> dict:
+        """The JSON-able diagnostics (docs/method.md#convergence)."""
+        return {"relative_error": self.relative_error, "loss_fall": self.loss_fall,
+                "converged": bool(self.converged), "stopped": self.stopped, "iterations": self.iterations,
+                "tolerance": self.tolerance, "trajectory": list(self.trajectory)}
+
+
+def loss_fall(losses, window: float = CONVERGENCE_WINDOW) -> float:
+    """Relative fall of the loss over the last ``window`` of the iterations.
+
+    .. math::
+        n = len(losses),   w = max(1, round(window · n))
+        before = mean losses[n−2w : n−w],   last = mean losses[n−w : n]
+        fall = (before − last) / before
+
+    Means over windows rather than single values, because a fixed-step Adam
+    on an L1 loss dithers about its minimum; a negative fall is a loss that
+    rose (a fit that diverges or oscillates).
+
+    Args:
+        losses: (n,) losses per iteration, host or device (reads two
+            scalars).
+
+    Returns:
+        The fall (at most 1, negative when the loss rose); 0.0 when both
+        windows are all zero; NaN for fewer than two losses (nothing to
+        judge).
+    """
+    n = int(losses.shape[0])
+    if n < 2:
+        return math.nan
+    width = min(max(1, int(round(window * n))), n // 2)
+    xp = backend.array_module(losses)
+    before = backend.to_float(xp.mean(losses[n - 2 * width:n - width]))
+    last = backend.to_float(xp.mean(losses[n - width:]))
+    if before <= 0.0:
+        return 0.0 if last <= 0.0 else -math.inf
+    return (before - last) / before
+
+
+def is_converged(fall: float, tolerance: float = CONVERGENCE_TOLERANCE) -> bool:
+    """The convergence rule: the loss changed by less than ``tolerance``
+    (relative, either way) over the last 10 % of the iterations, i.e.
+    ``|loss_fall| < tolerance`` (NaN: not converged)."""
+    return bool(abs(fall) < tolerance)
 
 
 # ---------------------------------------------------------------- checks
@@ -394,10 +479,30 @@ def identity_couplings(n_freq: int, *, like=None):
 # ---------------------------------------------------------------- Algorithm 1
 
 
-def _glorot_couplings(n_freq: int, generator: numpy.random.Generator, dtype, module):
-    """An (F, F) draw of ``N(0, 2 / (F + F))`` (the models' Glorot normal),
-    made on the host from ``generator`` and moved to ``module``."""
-    return backend.to_device(glorot_normal(generator, n_freq, n_freq).astype(dtype), module)
+def initial_draws(strategy: str, n_freq: int, n_layers: int, seed: int) -> list:
+    """The initial unknowns of one fit, drawn on the host.
+
+    Each unknown (``C``, or every ``P_l`` encoder first) is an (F, F) draw
+    of ``N(0, 2 / (F + F))`` (the models' Glorot normal) from
+    ``backend.rng(seed, backend.stream_key("nca-init", strategy))``: a
+    stream of the NCA's own, so a fit never starts at the weights a model
+    built with the same seed started from (``build_model`` draws from the
+    seed's plain stream).
+
+    Args:
+        strategy: a registered strategy's name.
+        n_freq: F.
+        n_layers: the model's number of layers (the compositional strategy
+            draws one ``P_l`` per layer).
+        seed: the fit's seed.
+
+    Returns:
+        A list of (F, F) float64 host arrays; :func:`fit_couplings` casts and
+        moves them, so CPU and GPU start from the same numbers.
+    """
+    spec = get_strategy(strategy)
+    generator = backend.rng(seed, backend.stream_key("nca-init", strategy))
+    return [glorot_normal(generator, n_freq, n_freq) for _ in range(spec.unknowns(n_layers))]
 
 
 def _model_segment(model, X):
@@ -427,12 +532,23 @@ class _Fitting:
     Attributes:
         params: the unknowns Adam updates in place (``[C]`` or ``[P_1, …, P_L]``).
         loss_and_grads: ``() -> (E, grads)`` at the current ``params``.
+        couplings: ``() -> C`` at the ``params`` of the last
+            ``loss_and_grads`` call (for the trajectory's checkpoints).
         result: ``() -> (C, Ps)``, the couplings of the current ``params``.
     """
 
     params: list
     loss_and_grads: Callable[[], tuple]
+    couplings: Callable[[], object]
     result: Callable[[], tuple]
+
+
+def _one_unknown(n_layers: int) -> int:
+    return 1
+
+
+def _one_per_layer(n_layers: int) -> int:
+    return n_layers
 
 
 @dataclass(frozen=True)
@@ -442,47 +558,54 @@ class Strategy:
     Attributes:
         name: the name used in configurations and unit files.
         label: what tables and figures call it.
-        start: ``(model, X, V, generator, composition) -> _Fitting``: draws
-            the initial unknowns from ``generator`` and returns the step.
+        start: ``(model, X, V, initial, composition) -> _Fitting``: takes
+            the initial unknowns ``initial`` (device arrays of X's dtype,
+            drawn by :func:`initial_draws`) as its parameters and returns
+            the step.
         equations: where the paper defines it.
+        unknowns: ``n_layers -> `` how many (F, F) unknowns it starts from.
     """
 
     name: str
     label: str
     start: Callable
     equations: str = ""
+    unknowns: Callable[[int], int] = _one_unknown
 
 
-def _start_student(model, X, V, generator, composition) -> _Fitting:
-    """``C`` itself is the unknown (Eqs. 15–16), Glorot-initialised."""
-    module = backend.array_module(X)
-    C = _glorot_couplings(X.shape[0], generator, X.dtype, module)
-    grad = module.empty_like(C)
+def _start_student(model, X, V, initial, composition) -> _Fitting:
+    """``C`` itself is the unknown (Eqs. 15–16)."""
+    C = initial[0]
+    grad = backend.array_module(C).empty_like(C)
 
     def loss_and_grads():
         loss, dC = _student_step(C, X, V, grad_out=grad)
         return loss, [dC]
 
-    return _Fitting([C], loss_and_grads, lambda: (C, []))
+    return _Fitting([C], loss_and_grads, lambda: C, lambda: (C, []))
 
 
-def _start_compositional(model, X, V, generator, composition) -> _Fitting:
-    """One unknown ``P_l`` per layer (Eqs. 17–21), each Glorot-initialised,
-    encoder first."""
+def _start_compositional(model, X, V, initial, composition) -> _Fitting:
+    """One unknown ``P_l`` per layer (Eqs. 17–21), encoder first."""
     weights, biases = list(model.weights), list(model.biases)
     _check_layers(weights, biases)
-    module = backend.array_module(X)
-    Ps = [_glorot_couplings(X.shape[0], generator, X.dtype, module) for _ in weights]
+    Ps = list(initial)
     augmented = [augment(W, b, composition) for W, b in zip(weights, biases)]
     buffers = _StepBuffers.allocate(Ps[0], len(Ps))
 
     def loss_and_grads():
         return _compositional_step(weights, augmented, Ps, X, V, composition, buffers)
 
+    def couplings():
+        C = buffers.gated[0].copy()  # W̃_l of the last step: C = W̃_L ⋯ W̃_1
+        for gated in buffers.gated[1:]:
+            C = gated @ C
+        return C
+
     def result():
         return compose(weights, biases, Ps, composition=composition), list(Ps)
 
-    return _Fitting(Ps, loss_and_grads, result)
+    return _Fitting(Ps, loss_and_grads, couplings, result)
 
 
 #: The registry of NCA strategies: a new strategy is declared here, once,
@@ -499,7 +622,8 @@ def register_strategy(strategy: Strategy) -> Strategy:
 
 
 register_strategy(Strategy("student", "NCA student", _start_student, "Eqs. 15–16"))
-register_strategy(Strategy("compositional", "NCA compositional", _start_compositional, "Eqs. 17–21"))
+register_strategy(Strategy("compositional", "NCA compositional", _start_compositional, "Eqs. 17–21",
+                           _one_per_layer))
 
 
 def strategy_names() -> tuple[str, ...]:
@@ -515,6 +639,36 @@ def get_strategy(name: str) -> Strategy:
         raise CouplingsError(f"unknown NCA strategy {name!r}: use one of {', '.join(strategy_names())}") from None
 
 
+def _check_schedule(iterations: int, max_iterations: int | None, tolerance: float,
+                    checkpoint_every: int) -> int:
+    """The iteration cap, after checking the fit's schedule."""
+    if iterations < 1:
+        raise CouplingsError(f"iterations is {iterations}: it must be at least 1")
+    cap = iterations if max_iterations is None else int(max_iterations)
+    if cap < iterations:
+        raise CouplingsError(f"max_iterations is {cap} but iterations is {iterations}: the cap cannot be "
+                             "below the number of iterations")
+    if not tolerance > 0:
+        raise CouplingsError(f"tolerance is {tolerance}: it must be positive")
+    if checkpoint_every < 1:
+        raise CouplingsError(f"checkpoint_every is {checkpoint_every}: it must be at least 1")
+    return cap
+
+
+def _initial_params(initial, strategy: str, n_freq: int, n_layers: int, seed: int, X, module) -> list:
+    """The fit's starting unknowns on the device, in X's dtype: ``initial``
+    (host arrays from :func:`initial_draws`) when given, else drawn now."""
+    if initial is None:
+        initial = initial_draws(strategy, n_freq, n_layers, seed)
+    expected = get_strategy(strategy).unknowns(n_layers)
+    if len(initial) != expected or any(tuple(a.shape) != (n_freq, n_freq) for a in initial):
+        raise CouplingsError(f"initial holds {len(initial)} arrays of shapes "
+                             f"{[tuple(a.shape) for a in initial]}: the {strategy} strategy needs "
+                             f"{expected} of shape ({n_freq}, {n_freq})")
+    # a copy each: Adam updates the unknowns in place, the caller's draws stay intact
+    return [backend.to_device(numpy.array(a, dtype=X.dtype), module) for a in initial]
+
+
 def fit_couplings(
     model,
     X,
@@ -525,47 +679,104 @@ def fit_couplings(
     seed: int = 0,
     composition: str = "paper",
     callback: Callable[[int, object], None] | None = None,
+    max_iterations: int | None = None,
+    tolerance: float = CONVERGENCE_TOLERANCE,
+    checkpoint_every: int = CHECKPOINT_EVERY,
+    initial: list | None = None,
+    on_checkpoint: Callable[[dict], None] | None = None,
 ) -> CouplingsFit:
     """Algorithm 1: fit couplings to a trained model on one segment.
 
     The target is the model's decoder output (estimate for DAE/MSS-DAE, mask
     for SF): ``V = decoder_output(Xᵀ)ᵀ``, since the model takes frames as
     rows. ``C`` (student) or every ``P_l`` (compositional, encoder first)
-    starts from :func:`nca_np.models.glorot_normal`, drawn in turn from one
-    ``backend.rng(seed)``; then
-    ``iterations`` full-batch Adam steps on ``E`` (Eq. 15).
+    starts from :func:`initial_draws` (a Glorot normal draw from the NCA's
+    own stream of ``seed``); then full-batch Adam steps on ``E`` (Eq. 15):
+
+    - ``max_iterations`` None (or equal to ``iterations``): exactly
+      ``iterations`` steps, the paper's Algorithm 1;
+    - ``max_iterations > iterations``: at least ``iterations`` steps, then
+      on until the convergence rule holds at a checkpoint
+      (:func:`loss_fall` below ``tolerance``) or ``max_iterations`` is
+      reached.
+
+    Every ``checkpoint_every`` iterations the fit records a checkpoint of
+    its trajectory (TOD-R and relative error of the current ``C``); that is
+    the only time it reads anything back from the device, so a GPU runs the
+    iterations in between without waiting on the host.
 
     Args:
         model: a trained model (``weights``, ``biases``, ``decoder_output``).
         X: (F, T) mixture frames as columns; moved to the model's array
             module and dtype if needed.
         strategy: "student" or "compositional".
-        iterations: number of Adam steps.
+        iterations: number of Adam steps (the least number when
+            ``max_iterations`` is larger).
         lr: Adam learning rate (β1 = 0.9, β2 = 0.999, ε = 1e-8).
         seed: seed of the initialisation.
         composition: reading of Eqs. 18–19 for the compositional strategy.
         callback: called as ``callback(iteration, loss)`` after each step,
             ``loss`` a 0-d array on the model's device (read it with
             ``backend.to_float`` only when needed: each read synchronises).
+        max_iterations: the cap of a fit run to the tolerance.
+        tolerance: of the convergence rule (docs/method.md#convergence).
+        checkpoint_every: iterations between trajectory checkpoints.
+        initial: the initial unknowns as :func:`initial_draws` returns them
+            (drawn ahead of time, e.g. while another fit runs); None draws
+            them here. Either way the same numbers for the same seed.
+        on_checkpoint: called with each trajectory checkpoint (a dict), e.g.
+            to show progress.
 
     Returns:
-        :class:`CouplingsFit`.
+        :class:`CouplingsFit`, with its diagnostics.
     """
     spec = get_strategy(strategy)
     _check_composition(composition)
-    if iterations < 1:
-        raise CouplingsError(f"iterations is {iterations}: it must be at least 1")
+    cap = _check_schedule(iterations, max_iterations, tolerance, checkpoint_every)
     X, module = _model_segment(model, X)
     # contiguous, so each iteration's C X − V reads it with unit stride
     V = module.ascontiguousarray(model.decoder_output(X.T).T)
-    fitting = spec.start(model, X, V, backend.rng(seed), composition)
-    losses = module.empty(iterations, dtype=X.dtype)
+    v_norm = backend.to_float(module.abs(V).sum())
+    params = _initial_params(initial, strategy, X.shape[0], len(list(model.weights)), seed, X, module)
+    fitting = spec.start(model, X, V, params, composition)
+    losses = module.empty(cap, dtype=X.dtype)
     optimizer = Adam(fitting.params, lr=lr)
-    for iteration in range(iterations):
+    trajectory, C_initial, stopped = [], None, "iterations" if cap == iterations else "cap"
+
+    def checkpoint(iteration: int, C, loss) -> None:
+        record = {"iteration": iteration, "tod_r": metrics.tod_r(C),
+                  "relative_error": _relative(backend.to_float(loss), v_norm)}
+        trajectory.append(record)
+        if on_checkpoint is not None:
+            on_checkpoint(record)
+
+    iteration = 0
+    while iteration < cap:
         loss, grads = fitting.loss_and_grads()
         losses[iteration] = loss
+        if iteration == 0:
+            C_initial = fitting.couplings().copy()
+        if iteration % checkpoint_every == 0:
+            if iteration >= iterations and cap > iterations and \
+                    is_converged(loss_fall(losses[:iteration]), tolerance):
+                stopped = "tolerance"
+                break
+            checkpoint(iteration, fitting.couplings(), loss)
         optimizer.step(grads)
         if callback is not None:
             callback(iteration, loss)
+        iteration += 1
     C, Ps = fitting.result()
-    return CouplingsFit(C, Ps, backend.to_host(losses), strategy, composition)
+    final_error = module.abs(C @ X - V).sum()
+    checkpoint(iteration, C, final_error)
+    host_losses = backend.to_host(losses[:iteration])
+    fall = loss_fall(host_losses)
+    return CouplingsFit(C, Ps, host_losses, strategy, composition, C_initial=C_initial,
+                        relative_error=trajectory[-1]["relative_error"], loss_fall=fall,
+                        converged=is_converged(fall, tolerance), stopped=stopped, trajectory=trajectory,
+                        tolerance=tolerance)
+
+
+def _relative(error: float, norm: float) -> float:
+    """``error / norm``; NaN when the target is zero."""
+    return error / norm if norm > 0 else math.nan

@@ -10,9 +10,15 @@ writes the report folder:
 - ``table1_tod_r.csv``, ``table2_snr_model.csv``, ``table3_snr_true.csv``
   and ``tables.json`` (the :func:`summarise` dict);
 - ``metadata.json`` (the caller's metadata, verbatim);
-- the four PNGs of :mod:`nca_np.figures` (``figure2_linear_compositions.png``,
-  ``figure3_couplings.png``, ``training_loss.png``, ``nca_convergence.png``),
-  drawn from the host copies of the matrices checked here.
+- the PNGs of :mod:`nca_np.figures` (``figure2_linear_compositions.png``,
+  ``figure3_couplings.png``, ``training_loss.png``, ``nca_convergence.png``,
+  ``nca_trajectories.png``), drawn from the host copies of the matrices
+  checked here;
+- the NCA's diagnostics (:mod:`nca_np.nca_report`): the exact references
+  and the convergence tables (``exact_references.csv``,
+  ``nca_convergence.csv``, ``nca_diagnostics.json``), and at the top of
+  ``report.md`` a note on what the TOD-R column measures when fits did not
+  converge or the student problem is underdetermined.
 
 Every file is written atomically, and the text files are a pure function of
 the inputs (no clock, sorted keys, fixed float formats), so the same results
@@ -39,7 +45,7 @@ from pathlib import Path
 
 import numpy
 
-from . import backend, metrics
+from . import backend, metrics, nca_report
 from .atomic import write_json, write_text
 from .errors import UserError
 from .models import MODEL_KINDS
@@ -537,7 +543,7 @@ def _runs_per_model(histories: dict) -> int | None:
 
 def _figure_section(linear_compositions: dict, figure_segment, kinds, strategies, zoom: str,
                     histories=None) -> list[str]:
-    """Captions and links of the four figures (``zoom``: where Figure 3's
+    """Captions and links of the figures (``zoom``: where Figure 3's
     zoom ends, as text)."""
     track = figure_segment.get("track", "?") if figure_segment else "?"
     index = figure_segment.get("segment_index", "?") if figure_segment else "?"
@@ -561,11 +567,15 @@ def _figure_section(linear_compositions: dict, figure_segment, kinds, strategies
         "**NCA convergence**: the L1 error E (Eq. 15) per iteration, median and inter-quartile band over "
         "segments, log scale.\n",
         f"![NCA convergence]({FIGURE_FILES['convergence']})\n",
+        "**NCA trajectories**: TOD-R (top) and relative error ‖V − C X‖₁ / ‖V‖₁ (bottom) of each fit's C at "
+        "its checkpoints, one line per segment; the horizontal lines are the median TOD-R of the minimum-norm "
+        "couplings V X⁺ (dashed) and of the mean local map (dotted), log scales.\n",
+        f"![NCA trajectories]({FIGURE_FILES['trajectories']})\n",
     ]
 
 
 def render_report(tables: dict, *, units, kinds, strategies, histories, linear_compositions, figure_segment,
-                  sample_rate, n_fft, metadata, n_freq, separation=None) -> str:
+                  sample_rate, n_fft, metadata, n_freq, separation=None, diagnostics=None) -> str:
     """The text of report.md (deterministic: a function of its arguments).
 
     Args:
@@ -574,15 +584,21 @@ def render_report(tables: dict, *, units, kinds, strategies, histories, linear_c
         separation: None (no separation section), or ``(table, units,
             note)``: the :func:`summarise_separation` table (None when left
             out), its units, and the note saying why it was left out.
+        diagnostics: :func:`nca_np.nca_report.diagnose` of the same units
+            (computed here when None).
         The others: as for :func:`write_report`.
     """
     context = describe_units(units)
     reading = COMPOSITION_READINGS.get(context["composition"],
                                        f"Couplings composed with the reading {context['composition']!r}")
+    diagnostics = diagnostics or nca_report.diagnose(units, kinds=kinds, strategies=strategies)
+    note = nca_report.measurement_note(diagnostics, strategies)
     sections = [
         "# Mapping functions of denoising autoencoders: reproduction report\n",
+        *([note + "\n"] if note else []),
         f"> **{reading}.**\n",
-        _run_paragraph(context, kinds, strategies, histories, metadata, n_freq, sample_rate, n_fft) + "\n",
+        _run_paragraph(context, kinds, strategies, histories, metadata, n_freq, sample_rate, n_fft) + " "
+        + nca_report.regime_sentence(diagnostics) + "\n",
         f"Each cell is the mean (std) over segments; std is the {STD_NOTE}. The column n counts the "
         "segments per model; values left out of a cell (inf, nan) are named in it.\n",
     ]
@@ -591,6 +607,15 @@ def render_report(tables: dict, *, units, kinds, strategies, histories, linear_c
                      markdown_table(tables[table], DECIMALS[table], bold_smallest=table == TABLE1),
                      f"CSV: [{CSV_FILES[table]}]({CSV_FILES[table]}); "
                      "all numbers: [tables.json](tables.json).\n"]
+    sections += [
+        "## Exact references\n", nca_report.references_caption(diagnostics) + "\n",
+        nca_report.references_markdown(diagnostics),
+        f"CSV: [{nca_report.REFERENCES_CSV}]({nca_report.REFERENCES_CSV}); all numbers: "
+        f"[{nca_report.DIAGNOSTICS_JSON}]({nca_report.DIAGNOSTICS_JSON}).\n",
+        "## Convergence of the NCA\n", nca_report.convergence_caption(diagnostics) + "\n",
+        nca_report.convergence_markdown(diagnostics),
+        f"CSV: [{nca_report.CONVERGENCE_CSV}]({nca_report.CONVERGENCE_CSV}).\n",
+    ]
     if separation is not None:
         sections += separation_section(*separation)
     zoom = _zoom_text(n_freq, sample_rate, n_fft)
@@ -728,7 +753,8 @@ def write_report(out_dir, *, units, kinds, strategies, histories, linear_composi
             ``separation.json``) and the SDR-beside-TOD-R figure; without,
             the note in their place.
         extra_tod_r: ``{series label: {kind: [TOD-R]}}`` drawn in that
-            figure beside the NCA strategies (e.g. exact references).
+            figure beside the NCA strategies; None: the exact references
+            of the units (least squares V X⁺, mean local map).
 
     Returns:
         The paths written, in the order written.
@@ -742,6 +768,7 @@ def write_report(out_dir, *, units, kinds, strategies, histories, linear_composi
     _check_spectral_settings(sample_rate, n_fft)
     units, kinds, strategies = list(units), list(kinds), list(strategies)
     tables = summarise(units, kinds=kinds, strategies=strategies)
+    diagnostics = nca_report.diagnose(units, kinds=kinds, strategies=strategies)
     linear = _check_linear_compositions(linear_compositions or {}, kinds)
     segment = _check_figure_segment(figure_segment, kinds, strategies)
     histories = histories or {}
@@ -755,18 +782,26 @@ def write_report(out_dir, *, units, kinds, strategies, histories, linear_composi
         write_text(out_dir / name, table_csv(tables[table]))
     write_json(out_dir / "tables.json", tables)
     write_json(out_dir / "metadata.json", metadata)
-    written = [out_dir / name for name in [*CSV_FILES.values(), "tables.json", "metadata.json"]]
+    write_text(out_dir / nca_report.REFERENCES_CSV, nca_report.references_csv(diagnostics))
+    write_text(out_dir / nca_report.CONVERGENCE_CSV, nca_report.convergence_csv(diagnostics))
+    write_json(out_dir / nca_report.DIAGNOSTICS_JSON, diagnostics)
+    written = [out_dir / name for name in [*CSV_FILES.values(), "tables.json", "metadata.json",
+                                           nca_report.REFERENCES_CSV, nca_report.CONVERGENCE_CSV,
+                                           nca_report.DIAGNOSTICS_JSON]]
     written += write_figures(out_dir, units=units, models={kind: display_name(kind) for kind in kinds},
                              strategies=strategies, histories=histories, linear_compositions=linear,
                              figure_segment=segment, sample_rate=sample_rate, n_fft=n_fft, dpi=dpi, hop=hop)
     if separation_table is not None:
+        if extra_tod_r is None:
+            extra_tod_r = nca_report.reference_tod_r_series(units, kinds)
         written += _write_separation(out_dir, separation_table, separation_units, units, kinds, strategies,
                                      extra_tod_r, dpi)
     text = render_report(tables, units=units, kinds=kinds, strategies=strategies, histories=histories,
                          linear_compositions=linear, figure_segment=segment, sample_rate=sample_rate,
                          n_fft=n_fft, metadata=metadata, n_freq=_frequency_bins(linear, segment, kinds),
                          separation=None if separation is None else
-                         (separation_table, separation_units, separation.get("note")))
+                         (separation_table, separation_units, separation.get("note")),
+                         diagnostics=diagnostics)
     write_text(out_dir / "report.md", text)
     return written + [out_dir / "report.md"]
 

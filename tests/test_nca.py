@@ -10,6 +10,7 @@ oracles of the fast forms.
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import sys
 import numpy
 import pytest
 
-from nca_np import backend, gradcheck, nca, nca_textbook
+from nca_np import backend, gradcheck, metrics, nca, nca_textbook
 from nca_np.gradcheck import NCA_THRESHOLD, TEXTBOOK_THRESHOLD, chain_check_point
 from nca_np.models import build_model
 
@@ -270,9 +271,121 @@ def test_fit_couplings_losses_are_the_loss_before_each_step():
     model = build_model("sf", 6, seed=0, dtype=numpy.float64, module=numpy)
     X = backend.rng(1).uniform(0.0, 2.0, (6, 4))
     fit = nca.fit_couplings(model, X, "student", iterations=1, seed=9)
-    C0 = nca._glorot_couplings(6, backend.rng(9), numpy.float64, numpy)
+    C0 = nca.initial_draws("student", 6, model.n_layers, seed=9)[0]
     V = model.decoder_output(X.T).T
     assert fit.losses[0] == pytest.approx(numpy.abs(V - C0 @ X).sum(), rel=1e-14)
+
+
+def test_loss_fall_compares_the_last_tenth_with_the_tenth_before():
+    losses = numpy.linspace(20.0, 1.0, 20)  # windows of 2 iterations
+    before, last = losses[16:18].mean(), losses[18:].mean()
+    assert nca.loss_fall(losses) == pytest.approx((before - last) / before, rel=1e-12)
+    assert not nca.is_converged(nca.loss_fall(losses))
+    dither = 1.0 + 0.1 * (numpy.arange(200) % 2)  # Adam dithering about its minimum: no progress
+    assert nca.loss_fall(dither) == 0.0 and nca.is_converged(0.0)
+    rising = numpy.linspace(1.0, 3.0, 100)  # a diverging fit is not converged either
+    assert nca.loss_fall(rising) < -0.01 and not nca.is_converged(nca.loss_fall(rising))
+    assert math.isnan(nca.loss_fall(numpy.array([1.0]))) and not nca.is_converged(math.nan)
+    assert nca.loss_fall(numpy.zeros(5)) == 0.0
+
+
+def linear_problem():
+    rng = backend.rng(7)
+    F, T = 8, 40
+    C_star = rng.normal(0.0, 0.5, (F, F))
+    return LinearTarget(C_star), rng.uniform(0.0, 1.0, (F, T))
+
+
+def test_diagnostics_flag_an_early_stop_as_not_converged():
+    model, X = linear_problem()
+    fit = nca.fit_couplings(model, X, "student", iterations=60, lr=3e-3, seed=0, checkpoint_every=20)
+
+    V = model.decoder_output(X.T).T
+    assert fit.stopped == "iterations" and fit.iterations == 60
+    assert not fit.converged and fit.loss_fall > 0.01
+    assert fit.relative_error == pytest.approx(numpy.abs(V - fit.C @ X).sum() / numpy.abs(V).sum(), rel=1e-12)
+    assert fit.relative_error > 0.05
+    assert [r["iteration"] for r in fit.trajectory] == [0, 20, 40, 60]
+    assert fit.trajectory[0]["relative_error"] == pytest.approx(fit.losses[0] / numpy.abs(V).sum(), rel=1e-12)
+    assert fit.trajectory[1]["relative_error"] == pytest.approx(fit.losses[20] / numpy.abs(V).sum(), rel=1e-12)
+    assert fit.trajectory[-1]["tod_r"] == metrics.tod_r(fit.C)
+    assert fit.trajectory[0]["tod_r"] == metrics.tod_r(fit.C_initial)
+    diagnostics = fit.diagnostics()
+    assert diagnostics["converged"] is False and diagnostics["iterations"] == 60
+
+
+def test_diagnostics_flag_a_fit_run_to_the_tolerance_as_converged():
+    model, X = linear_problem()
+    fit = nca.fit_couplings(model, X, "student", iterations=60, lr=3e-3, seed=0, checkpoint_every=20,
+                            max_iterations=20000, tolerance=0.01)
+
+    assert fit.stopped == "tolerance" and fit.converged
+    assert 60 < fit.iterations < 20000 and fit.iterations % 20 == 0
+    assert abs(fit.loss_fall) < 0.01
+    assert fit.relative_error < 0.01  # and it really is near the answer
+    assert numpy.abs(fit.C - model.weights[0]).max() < 0.02
+    assert fit.trajectory[-1]["iteration"] == fit.iterations
+
+
+def test_a_fit_that_reaches_its_cap_says_so():
+    model, X = linear_problem()
+    fit = nca.fit_couplings(model, X, "student", iterations=40, lr=3e-3, max_iterations=100, checkpoint_every=20)
+    assert fit.stopped == "cap" and fit.iterations == 100 and not fit.converged
+
+
+@pytest.mark.parametrize("strategy", nca.STRATEGIES)
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_the_nca_never_starts_from_the_models_initial_weights(strategy, seed):
+    F = 16
+    model = build_model("dae", F, seed=seed, dtype=numpy.float64, module=numpy)  # untrained: its initial weights
+    X = backend.rng(2).uniform(0.0, 2.0, (F, 20))
+
+    fit = nca.fit_couplings(model, X, strategy, iterations=1, seed=seed)
+    drawn = nca.initial_draws(strategy, F, model.n_layers, seed)
+
+    for P in drawn:
+        for W in model.weights:
+            assert abs(numpy.corrcoef(P.ravel(), W.ravel())[0, 1]) < 0.3
+    if strategy == "compositional":
+        numpy.testing.assert_allclose(fit.C_initial, nca.compose(model.weights, model.biases, drawn), rtol=1e-12)
+        same_stream = nca.compose(model.weights, model.biases, model.weights)
+        assert numpy.abs(fit.C_initial - same_stream).max() > 0.1
+    else:
+        numpy.testing.assert_array_equal(fit.C_initial, drawn[0])
+
+
+@pytest.mark.parametrize("strategy", nca.STRATEGIES)
+def test_draws_made_ahead_give_the_same_fit(strategy):
+    model = build_model("mss-dae", 10, seed=0)
+    X = backend.rng(2).uniform(0.0, 2.0, (10, 12)).astype(numpy.float32)
+    drawn = nca.initial_draws(strategy, 10, model.n_layers, seed=5)
+    kept = [a.copy() for a in drawn]
+
+    ahead = nca.fit_couplings(model, X, strategy, iterations=30, lr=1e-2, seed=5, initial=drawn)
+    now = nca.fit_couplings(model, X, strategy, iterations=30, lr=1e-2, seed=5)
+
+    numpy.testing.assert_array_equal(ahead.C, now.C)
+    for a, b in zip(drawn, kept):
+        numpy.testing.assert_array_equal(a, b)
+    with pytest.raises(nca.CouplingsError, match="needs"):
+        nca.fit_couplings(model, X, strategy, initial=drawn[:1] + drawn if strategy == "compositional" else drawn * 2)
+
+
+def test_the_iteration_loop_reads_nothing_back_between_checkpoints(monkeypatch):
+    from strict_xp import StrictArray, strict
+    model = build_model("dae", 8, seed=0, module=strict)
+    X = backend.to_device(backend.rng(1).uniform(0.0, 2.0, (8, 6)).astype(numpy.float32), strict)
+    reads = []
+    original = StrictArray.get
+    monkeypatch.setattr(StrictArray, "get", lambda self: reads.append(1) or original(self))
+
+    def reads_of(iterations):
+        reads.clear()
+        for strategy in nca.STRATEGIES:
+            nca.fit_couplings(model, X, strategy, iterations=iterations, checkpoint_every=1000)
+        return len(reads)
+
+    assert reads_of(5) == reads_of(105) > 0
 
 
 def test_fit_couplings_rejects_bad_requests():

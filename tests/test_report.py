@@ -21,13 +21,31 @@ N_FREQ, N_FRAMES, SAMPLE_RATE, N_FFT = 16, 8, 44100, 30
 #: Small figures keep the tests fast; the layout is the same at any dpi.
 TEST_DPI = 30
 TEXT_FILES = ["report.md", "table1_tod_r.csv", "table2_snr_model.csv", "table3_snr_true.csv",
-              "tables.json", "metadata.json"]
+              "tables.json", "metadata.json", "exact_references.csv", "nca_convergence.csv",
+              "nca_diagnostics.json"]
 
 
-def strategy_result(tod_r, snr_model, snr_true, seed):
+def reference(tod_r, snr=12.0, error=0.0):
+    return {"tod_r": tod_r, "snr_model_db": snr, "relative_error": error}
+
+
+def strategy_result(tod_r, snr_model, snr_true, seed, converged=True):
     losses = (100.0 * numpy.exp(-numpy.arange(20) / (5.0 + seed))).tolist()
+    trajectory = [{"iteration": i, "tod_r": 1.0 + i, "relative_error": 1.0 / (1 + i)}
+                  for i in (0, 5, 10)]
     return {"tod_r": tod_r, "snr_model_db": snr_model, "snr_true_db": snr_true, "losses": losses,
-            "seconds": 0.5 + seed, "init_seed": seed}
+            "seconds": 0.5 + seed, "init_seed": seed, "relative_error": 0.1 + 0.1 * seed,
+            "loss_fall": 0.001 if converged else 0.05, "converged": converged,
+            "stopped": "iterations", "iterations": 20, "tolerance": 0.01, "trajectory": trajectory,
+            "nearest_exact_to_init": reference(1.2 + seed)}
+
+
+def references_of(number, rank=N_FRAMES):
+    return {"rank": rank, "n_freq": N_FREQ, "frames": N_FRAMES, "determined": rank >= N_FREQ,
+            "offset_share": 0.01 * (1 + number),
+            "min_norm": reference(4.0 + number), "mean_local_map": {**reference(5.0), "frame_stride": 1,
+                                                                     "frames_used": N_FRAMES},
+            "nearest_identity": reference(100.0 + number), "seconds": 0.1}
 
 
 def make_unit(kind, number, *, tod_r=(3.0, 2.0), snr_model=(20.0, 15.0), linear=5.0, identity=1.0,
@@ -42,7 +60,7 @@ def make_unit(kind, number, *, tod_r=(3.0, 2.0), snr_model=(20.0, 15.0), linear=
         "run": number % 2, "model_seed": 10 + number % 2, "composition": composition,
         "strategies": {s: strategy_result(*values[s], seed=i) for i, s in enumerate(strategies)},
         "baselines": {"linear": {"snr_model_db": linear, "tod_r": 7.0}, "identity": {"snr_model_db": identity}},
-        "model_snr_true_db": model_true,
+        "model_snr_true_db": model_true, "references": references_of(number),
     }
 
 

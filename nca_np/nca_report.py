@@ -1,0 +1,396 @@
+"""What the report says about the NCA's fits themselves: the exact
+references beside them, their convergence, and what the TOD-R column
+measures (docs/method.md#exact-references, docs/method.md#convergence).
+
+:func:`diagnose` turns the couplings units into two tables and the facts
+the report's opening note needs:
+
+- ``exact_references``: per model, TOD-R and SNR(ŷ, Ŷ(C)) of the exact
+  references (minimum-norm couplings ``V X⁺``, the mean local map, the
+  exact solutions nearest each NCA strategy's initial ``C`` and nearest the
+  identity) beside the NCA's couplings, the linear composition and the
+  identity;
+- ``convergence``: per model and strategy, the share of fits converged,
+  their relative error and loss fall, iterations, whether the student
+  problem is determined (rank X against F), and the spread of TOD-R over
+  initialisations;
+- ``regime``: the ranks of the segments against F.
+
+Everything here is a pure function of the units, so the text is
+byte-identical for the same results.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+
+import numpy
+
+from .errors import UserError
+from .models import MODEL_KINDS
+from .nca import CONVERGENCE_WINDOW, get_strategy
+
+REFERENCES_CSV = "exact_references.csv"
+CONVERGENCE_CSV = "nca_convergence.csv"
+DIAGNOSTICS_JSON = "nca_diagnostics.json"
+
+
+class DiagnosticsError(UserError, ValueError):
+    """Units without the diagnostics this report needs."""
+
+
+def _display(kind: str) -> str:
+    spec = MODEL_KINDS.get(kind)
+    return spec.display_name if spec is not None else kind
+
+
+def _get(unit: dict, path: tuple):
+    value = unit
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            segment = unit.get("segment", {}).get("id", "?")
+            raise DiagnosticsError(f"unit ({unit.get('kind')!r}, segment {segment!r}) has no {'.'.join(path)}: "
+                                   "it was made by an older version; re-run the couplings stage for it")
+        value = value[key]
+    return value
+
+
+def _number(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _stats(values) -> dict:
+    """Mean, population std, median, min and max of the finite values; the
+    count of values left out."""
+    array = numpy.array([_number(v) for v in values], dtype=numpy.float64)
+    finite = array[numpy.isfinite(array)]
+    if finite.size == 0:
+        return {"n": 0, "n_values": int(array.size), "mean": None, "std": None, "median": None, "min": None,
+                "max": None, "all_inf": bool(array.size and (array == math.inf).all())}
+    return {"n": int(finite.size), "n_values": int(array.size), "mean": float(finite.mean()),
+            "std": float(finite.std()), "median": float(numpy.median(finite)), "min": float(finite.min()),
+            "max": float(finite.max()), "all_inf": False}
+
+
+# ------------------------------------------------------------------ tables
+
+
+def _reference_rows(strategies) -> list[tuple[str, str, tuple | None, tuple]]:
+    """(key, label, path of the TOD-R or None for ∞, path of the SNR)."""
+    rows = [("min_norm", "least squares, minimum norm: V X⁺", ("references", "min_norm", "tod_r"),
+             ("references", "min_norm", "snr_model_db")),
+            ("mean_local_map", "mean local map (Eq. 14, true gates)", ("references", "mean_local_map", "tod_r"),
+             ("references", "mean_local_map", "snr_model_db"))]
+    rows += [(f"nearest_init_{s}", f"least squares, nearest the {get_strategy(s).label}'s initial C",
+              ("strategies", s, "nearest_exact_to_init", "tod_r"),
+              ("strategies", s, "nearest_exact_to_init", "snr_model_db")) for s in strategies]
+    rows.append(("nearest_identity", "least squares, nearest the identity", ("references", "nearest_identity", "tod_r"),
+                 ("references", "nearest_identity", "snr_model_db")))
+    rows += [(s, get_strategy(s).label, ("strategies", s, "tod_r"), ("strategies", s, "snr_model_db"))
+             for s in strategies]
+    rows += [("linear", "linear composition", ("baselines", "linear", "tod_r"),
+              ("baselines", "linear", "snr_model_db")),
+             ("identity", "identity", None, ("baselines", "identity", "snr_model_db"))]
+    return rows
+
+
+def _references_table(by_kind: dict, kinds, strategies) -> dict:
+    rows = []
+    for key, label, tod_path, snr_path in _reference_rows(strategies):
+        cells = {}
+        for kind in kinds:
+            units = by_kind[kind]
+            tod = [math.inf] * len(units) if tod_path is None else [_get(u, tod_path) for u in units]
+            cells[kind] = {"tod_r": _stats(tod), "snr_model_db": _stats(_get(u, snr_path) for u in units)}
+        rows.append({"key": key, "label": label, "cells": cells})
+    return {"title": "Exact references beside the NCA: TOD-R and SNR (dB) between ŷ and Ŷ(C)",
+            "kinds": list(kinds), "rows": rows}
+
+
+def _spread(units, strategy: str) -> dict:
+    """TOD-R range over initialisations, on the segments that have one."""
+    ranges = [_get(u, ("strategies", strategy, "tod_r_range")) for u in units
+              if "tod_r_range" in u["strategies"][strategy]]
+    widths = [hi - lo for lo, hi in ranges if math.isfinite(hi - lo)]
+    seeds = [1 + len(u["strategies"][strategy].get("spread", [])) for u in units
+             if "tod_r_range" in u["strategies"][strategy]]
+    return {"segments": len(ranges), "seeds": max(seeds, default=0),
+            "median_width": float(numpy.median(widths)) if widths else None,
+            "max_width": max(widths, default=None),
+            "lowest": min((lo for lo, _ in ranges), default=None),
+            "highest": max((hi for _, hi in ranges), default=None)}
+
+
+def _convergence_table(by_kind: dict, kinds, strategies) -> dict:
+    rows = []
+    for kind in kinds:
+        units = by_kind[kind]
+        ranks = [int(_get(u, ("references", "rank"))) for u in units]
+        n_freq = int(_get(units[0], ("references", "n_freq"))) if units else None
+        determined = sum(bool(_get(u, ("references", "determined"))) for u in units)
+        for strategy in strategies:
+            def values(key, strategy=strategy):
+                return [_get(u, ("strategies", strategy, key)) for u in units]
+            rows.append({
+                "kind": kind, "model": _display(kind), "strategy": strategy,
+                "label": get_strategy(strategy).label, "fits": len(units),
+                "converged": sum(bool(v) for v in values("converged")),
+                "relative_error": _stats(values("relative_error")),
+                "loss_fall": _stats(values("loss_fall")),
+                "iterations": _stats(values("iterations")),
+                "determined": determined, "segments": len(units), "rank": _stats(ranks), "n_freq": n_freq,
+                "spread": _spread(units, strategy),
+            })
+    return {"title": "Convergence of the NCA's fits", "window": CONVERGENCE_WINDOW, "rows": rows}
+
+
+def diagnose(units, *, kinds, strategies) -> dict:
+    """The NCA diagnostics of the report, as a JSON-able dict.
+
+    Args:
+        units: the couplings units (as for :func:`nca_np.report.summarise`,
+            which validates them), each with ``references`` and the
+            strategies' diagnostics.
+        kinds, strategies: display order.
+
+    Returns:
+        ``{"exact_references", "convergence", "regime", "tolerance"}``.
+
+    Raises:
+        DiagnosticsError: a unit made before the diagnostics existed.
+    """
+    by_kind = {kind: [u for u in units if u["kind"] == kind] for kind in kinds}
+    for kind in kinds:
+        by_kind[kind].sort(key=lambda u: (u["segment"].get("number", 0), str(u["segment"].get("id"))))
+    references = _references_table(by_kind, kinds, strategies)
+    convergence = _convergence_table(by_kind, kinds, strategies)
+    ranks = [int(_get(u, ("references", "rank"))) for u in units]
+    regime = {"segments": len(units), "determined": sum(bool(_get(u, ("references", "determined"))) for u in units),
+              "rank_min": min(ranks), "rank_max": max(ranks),
+              "n_freq": int(_get(units[0], ("references", "n_freq"))),
+              "frames": sorted({int(_get(u, ("references", "frames"))) for u in units}),
+              "strides": sorted({int(_get(u, ("references", "mean_local_map", "frame_stride"))) for u in units}),
+              "offset_share": {kind: _stats(_get(u, ("references", "offset_share")) for u in by_kind[kind])
+                               for kind in kinds}}
+    tolerance = _get(units[0], ("strategies", strategies[0], "tolerance"))
+    return {"exact_references": references, "convergence": convergence, "regime": regime, "tolerance": tolerance}
+
+
+def reference_tod_r_series(units, kinds) -> dict:
+    """``{series label: {kind: [TOD-R per segment]}}`` of the two references
+    that depend on no initialisation, for figures beside the NCA's TOD-R."""
+    series = {"least squares V X⁺": ("references", "min_norm", "tod_r"),
+              "mean local map": ("references", "mean_local_map", "tod_r")}
+    return {label: {kind: [_get(u, path) for u in units if u["kind"] == kind] for kind in kinds}
+            for label, path in series.items()}
+
+
+# ------------------------------------------------------------------ text
+
+
+def _fmt(value, decimals: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.{decimals}f}"
+
+
+def _mean_std(stats: dict, decimals: int = 2) -> str:
+    if stats["n"] == 0:
+        return "inf" if stats["all_inf"] else "–"
+    text = f"{stats['mean']:.{decimals}f} ({stats['std']:.{decimals}f})"
+    left_out = stats["n_values"] - stats["n"]
+    return text + (f" [{left_out} left out]" if left_out else "")
+
+
+def _markdown(header, rows) -> str:
+    def line(cells) -> str:
+        return "| " + " | ".join(cells) + " |"
+    return "\n".join([line(header), "|" + "---|" * len(header)] + [line(cells) for cells in rows]) + "\n"
+
+
+def references_markdown(diagnostics: dict) -> str:
+    table = diagnostics["exact_references"]
+    header = ["Couplings C"] + [f"{_display(k)} {what}" for k in table["kinds"] for what in ("TOD-R", "SNR (dB)")]
+    rows = [[row["label"]] + [_mean_std(row["cells"][k][what]) for k in table["kinds"]
+                              for what in ("tod_r", "snr_model_db")]
+            for row in table["rows"]]
+    return _markdown(header, rows)
+
+
+def _percent(value) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
+
+
+def _ratio(part: int, whole: int) -> str:
+    return f"{part} of {whole}"
+
+
+def _spread_text(spread: dict) -> str:
+    if not spread["segments"]:
+        return "–"
+    return (f"{_fmt(spread['median_width'], 3)} (largest {_fmt(spread['max_width'], 3)}; "
+            f"{spread['segments']} segment{'s' if spread['segments'] > 1 else ''} × {spread['seeds']} seeds)")
+
+
+def convergence_markdown(diagnostics: dict) -> str:
+    header = ["Model", "Strategy", "converged", "relative error ‖V − CX‖₁/‖V‖₁, median (max)",
+              "loss fall over the last 10 %, median", "iterations", "student problem determined (rank X of F)",
+              "TOD-R range over seeds, median width"]
+    rows = []
+    for row in diagnostics["convergence"]["rows"]:
+        error, fall, its, rank = row["relative_error"], row["loss_fall"], row["iterations"], row["rank"]
+        iterations = (f"{its['min']:.0f}" if its["min"] == its["max"] else f"{its['min']:.0f}–{its['max']:.0f}") \
+            if its["n"] else "–"
+        ranks = f"{rank['min']:.0f}" if rank["min"] == rank["max"] else f"{rank['min']:.0f}–{rank['max']:.0f}"
+        rows.append([row["model"], row["label"], _ratio(row["converged"], row["fits"]),
+                     f"{_fmt(error['median'], 3)} ({_fmt(error['max'], 3)})", _percent(fall["median"]),
+                     iterations, f"{_ratio(row['determined'], row['segments'])} (rank {ranks} of {row['n_freq']})",
+                     _spread_text(row["spread"])])
+    return _markdown(header, rows)
+
+
+def _csv(header, rows) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _csv_number(value) -> str:
+    return "nan" if value is None else format(value, ".6f")
+
+
+def references_csv(diagnostics: dict) -> str:
+    """One row per couplings matrix and model: TOD-R and SNR, mean, std, n."""
+    rows = []
+    for row in diagnostics["exact_references"]["rows"]:
+        for kind, cell in row["cells"].items():
+            tod, snr = cell["tod_r"], cell["snr_model_db"]
+            tod_mean = "inf" if tod["all_inf"] else _csv_number(tod["mean"])
+            rows.append([row["key"], _display(kind), tod_mean, _csv_number(tod["std"]), tod["n"],
+                         _csv_number(snr["mean"]), _csv_number(snr["std"]), snr["n"]])
+    return _csv(["couplings", "model", "tod_r_mean", "tod_r_std", "tod_r_n", "snr_model_db_mean",
+                 "snr_model_db_std", "snr_model_db_n"], rows)
+
+
+def convergence_csv(diagnostics: dict) -> str:
+    rows = [[r["model"], r["strategy"], r["fits"], r["converged"], _csv_number(r["relative_error"]["median"]),
+             _csv_number(r["relative_error"]["max"]), _csv_number(r["loss_fall"]["median"]),
+             _csv_number(r["iterations"]["min"]), _csv_number(r["iterations"]["max"]), r["determined"],
+             r["segments"], _csv_number(r["rank"]["median"]), r["n_freq"], _csv_number(r["spread"]["median_width"])]
+            for r in diagnostics["convergence"]["rows"]]
+    return _csv(["model", "strategy", "fits", "converged", "relative_error_median", "relative_error_max",
+                 "loss_fall_median", "iterations_min", "iterations_max", "determined", "segments", "rank_median",
+                 "n_freq", "tod_r_range_median_width"], rows)
+
+
+def _row(diagnostics: dict, key: str) -> dict:
+    return next(r for r in diagnostics["exact_references"]["rows"] if r["key"] == key)
+
+
+def _per_model(diagnostics: dict, key: str, what: str = "tod_r") -> str:
+    """'DAE 4.10, MSS-DAE 4.31, SF 1.40': a reference row's means per model."""
+    cells = _row(diagnostics, key)["cells"]
+    return ", ".join(f"{_display(k)} {_mean_std_short(cells[k][what])}" for k in cells)
+
+
+def _mean_std_short(stats: dict) -> str:
+    if stats["n"] == 0:
+        return "inf" if stats["all_inf"] else "–"
+    return f"{stats['mean']:.2f}"
+
+
+def regime_sentence(diagnostics: dict) -> str:
+    """Which regime the student problem is in, said plainly."""
+    regime = diagnostics["regime"]
+    frames = ", ".join(str(t) for t in regime["frames"])
+    ranks = (f"{regime['rank_min']}" if regime["rank_min"] == regime["rank_max"]
+             else f"{regime['rank_min']} to {regime['rank_max']}")
+    if regime["determined"] == regime["segments"]:
+        return (f"The student problem C X = V is determined on every segment (rank X = F = {regime['n_freq']}, "
+                f"from T = {frames} frames): it has at most one exact solution, and the loss sees all of C.")
+    return (f"The student problem C X = V is underdetermined on {regime['segments'] - regime['determined']} of "
+            f"{regime['segments']} segments (rank X = {ranks} < F = {regime['n_freq']}, T = {frames} frames): "
+            "the loss never sees what C does outside the span of the segment's frames.")
+
+
+def _range_per_model(diagnostics: dict, low_key: str, high_key: str) -> str:
+    """'DAE 1.31 to 150.20, SF …': two reference rows' mean TOD-R per model."""
+    low, high = _row(diagnostics, low_key)["cells"], _row(diagnostics, high_key)["cells"]
+    return ", ".join(f"{_display(k)} {_mean_std_short(low[k]['tod_r'])} to {_mean_std_short(high[k]['tod_r'])}"
+                     for k in low)
+
+
+def measurement_note(diagnostics: dict, strategies) -> str:
+    """The report's opening paragraph when its TOD-R column does not simply
+    measure the models: fits that did not converge, or an underdetermined
+    student problem. Empty when neither happened."""
+    rows = diagnostics["convergence"]["rows"]
+    fits = sum(r["fits"] for r in rows)
+    converged = sum(r["converged"] for r in rows)
+    regime = diagnostics["regime"]
+    underdetermined = regime["determined"] < regime["segments"]
+    if converged == fits and not underdetermined:
+        return ""
+    parts = ["**What the TOD-R column measures here.**"]
+    if converged < fits:
+        window = 100 * diagnostics["convergence"]["window"]
+        per_strategy = "; ".join(
+            f"{get_strategy(s).label} {sum(r['converged'] for r in rows if r['strategy'] == s)} of "
+            f"{sum(r['fits'] for r in rows if r['strategy'] == s)} (median relative error "
+            + ", ".join(f"{r['model']} {_fmt(r['relative_error']['median'], 2)}" for r in rows if r["strategy"] == s)
+            + ")" for s in strategies)
+        parts.append(
+            f"{converged} of {fits} NCA fits converged by this project's rule (their loss changed by less than "
+            f"{100 * diagnostics['tolerance']:g} % over the last {window:g} % of their iterations, "
+            f"docs/method.md#convergence): {per_strategy}; the relative error ‖V − C X‖₁ / ‖V‖₁ is 1 for C = 0. "
+            "The TOD-R of a fit that has not converged is a snapshot of a matrix that was still changing, "
+            "not yet a property of the model.")
+    if underdetermined:
+        first = strategies[0]
+        parts.append(
+            regime_sentence(diagnostics)[:-1] + ", so that part of a fitted C stays what its random "
+            f"initialisation made it. Exact solutions of C X = V on the same segments have TOD-R from the one "
+            f"nearest the {get_strategy(first).label}'s initial C to the one nearest the identity: "
+            f"{_range_per_model(diagnostics, f'nearest_init_{first}', 'nearest_identity')}.")
+    parts.append(
+        "References that depend on no initialisation: the minimum-norm couplings V X⁺ have TOD-R "
+        f"{_per_model(diagnostics, 'min_norm')}; the mean over each segment's frames of the network's exact "
+        f"local map has {_per_model(diagnostics, 'mean_local_map')} (section Exact references).")
+    return " ".join(parts)
+
+
+def references_caption(diagnostics: dict) -> str:
+    regime = diagnostics["regime"]
+    strides = regime["strides"]
+    frames = ("every frame of the segment" if strides == [1] else
+              f"every {', '.join(str(s) for s in strides)}-th frame of the segment (nca.local_map_stride)")
+    offsets = ", ".join(f"{_display(k)} {_percent(s['median'])}" for k, s in regime["offset_share"].items())
+    return (
+        "TOD-R (Eq. 22) and SNR(ŷ, Ŷ(C)) in dB, mean (std) over segments, of matrices known in closed form "
+        "beside the NCA's fits (docs/method.md#exact-references). *Least squares*: C0 + (V − C0 X) X⁺, the "
+        "couplings nearest C0 among those minimising ‖V − C X‖ in the least-squares sense; C0 = 0 gives the "
+        "minimum-norm V X⁺. When rank X = T (T ≤ F) they all solve C X = V exactly and differ only outside the "
+        "span of the frames, so together they show how wide the family of exact solutions is; when rank X = F "
+        "they coincide. *Mean local map*: "
+        f"the network's exact Jacobian D_L W_L ⋯ D_1 W_1 at each frame (Eq. 14 with the true ReLU gates), "
+        f"averaged over {frames}; each frame's output is its own local map applied to the input plus an offset "
+        f"from the biases, whose size relative to V (‖offsets‖₁ / ‖V‖₁, median) is {offsets}. "
+        "The identity's TOD-R is infinite (no off-diagonal entry).")
+
+
+def convergence_caption(diagnostics: dict) -> str:
+    return (
+        "Per model and strategy: how many fits converged by the rule (loss changed by less than "
+        f"{100 * diagnostics['tolerance']:g} % between the mean over the last "
+        f"{100 * diagnostics['convergence']['window']:g} % of the iterations and the mean over the "
+        f"{100 * diagnostics['convergence']['window']:g} % before); the relative error of the final C (C = 0 "
+        "scores 1); the fall of the loss over the last 10 % of iterations; iterations run; on how many segments "
+        "rank X = F, so that C X = V has at most one solution; and the width max − min of TOD-R over fits of one "
+        "segment from different initialisations (nca.init_seeds extra seeds on the first nca.spread_segments "
+        "segments).")
