@@ -276,9 +276,10 @@ def mean_local_map(model, X, *, frame_stride: int = 1):
     - ``L > 2``: ``K_t`` depends on the frame through the middle gates; the
       chain costs ``(L − 2) F³`` per frame plus ``F³`` once. For MSS-DAE
       (``L = 4``) at ``F = 2049`` that is ``2 F³ = 1.7·10¹⁰`` multiply–adds
-      per frame, ``6.2·10¹²`` for a segment of 360 frames: seconds on a GPU
-      in float64, the better part of an hour on two CPU cores — hence
-      ``frame_stride``.
+      per frame, ``6.2·10¹²`` (1.2·10¹³ floating-point operations) for a
+      segment of 360 frames: a fraction of a second on a GPU with tens of
+      TFLOP/s in float64, but 4 to 20 minutes on two CPU cores (10–50
+      GFLOP/s) — hence ``frame_stride``.
 
     Args:
         model: a :class:`nca_np.models.Model` (square layers).

@@ -15,7 +15,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 PROFILE = Path(__file__).resolve().parent / "tiny_profile.toml"
 KINDS = ["DAE", "MSS-DAE", "SF"]
-TABLE_FILES = ["tables.json", "table1_tod_r.csv", "table2_snr_model.csv", "table3_snr_true.csv"]
+TABLE_FILES = ["tables.json", "table1_tod_r.csv", "table2_snr_model.csv", "table3_snr_true.csv",
+               "exact_references.csv", "nca_convergence.csv"]
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +61,7 @@ def test_reproduce_writes_every_artefact(reference):
         assert needle in report
     tables = json.loads((results / "tables.json").read_text())
     assert len(tables) == 3
-    for name in TABLE_FILES[1:]:
+    for name in TABLE_FILES[1:4]:
         lines = (results / name).read_text().strip().splitlines()
         assert [line.split(",")[0] for line in lines[1:]] == KINDS
         for line in lines[1:]:
@@ -71,7 +72,7 @@ def test_reproduce_writes_every_artefact(reference):
         assert column in header2
     pngs = sorted(results.glob("*.png"))
     assert {p.name for p in pngs} >= {"figure2_linear_compositions.png", "figure3_couplings.png",
-                                      "training_loss.png", "nca_convergence.png"}
+                                      "training_loss.png", "nca_convergence.png", "nca_trajectories.png"}
     for png in pngs:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     meta = json.loads((results / "metadata.json").read_text())
@@ -80,6 +81,16 @@ def test_reproduce_writes_every_artefact(reference):
         assert key in meta, key
     assert meta["composition"] == "paper"
     assert set(meta["wall_time_seconds"]) >= {"prepare", "train", "evaluate", "couplings"}
+    for needle in ("## Exact references", "## Convergence of the NCA", "determined on every segment"):
+        assert needle in report
+    unit = json.loads(next((workdir / "couplings").rglob("s0000.json")).read_text())
+    assert unit["references"]["rank"] == 33 and unit["references"]["determined"]
+    for fit in unit["strategies"].values():
+        assert fit["iterations"] == 20 and len(fit["losses"]) == 20 and fit["stopped"] == "iterations"
+        assert [p["iteration"] for p in fit["trajectory"]] == [0, 5, 10, 15, 20]
+        assert len(fit["spread"]) == 1 and fit["tod_r_range"][0] <= fit["tod_r"] <= fit["tod_r_range"][1]
+    later = json.loads(next((workdir / "couplings").rglob("s0001.json")).read_text())
+    assert all("spread" not in fit for fit in later["strategies"].values())  # spread_segments = 1
 
 
 def test_reproduce_evaluates_every_run_on_every_test_track(reference):

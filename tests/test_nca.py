@@ -388,6 +388,23 @@ def test_the_iteration_loop_reads_nothing_back_between_checkpoints(monkeypatch):
     assert reads_of(5) == reads_of(105) > 0
 
 
+def test_draws_made_on_a_thread_ahead_are_the_same_numbers():
+    from nca_np.experiment import InitialDraws
+    requests = [("student", 9, 2, 4), ("compositional", 9, 2, 4), ("compositional", 9, 4, 11)]
+    draws = InitialDraws(requests)
+    try:
+        for request in requests:
+            got = draws.take(*request)
+            expected = nca.initial_draws(*request)
+            assert len(got) == len(expected)
+            for a, b in zip(got, expected):
+                numpy.testing.assert_array_equal(a, b)
+        # a fit nobody announced is drawn on the spot, with the same numbers
+        numpy.testing.assert_array_equal(draws.take("student", 9, 2, 99)[0], nca.initial_draws("student", 9, 2, 99)[0])
+    finally:
+        draws.close()
+
+
 def test_fit_couplings_rejects_bad_requests():
     model = build_model("dae", 6, seed=0)
     X = numpy.ones((6, 4), dtype=numpy.float32)

@@ -12,7 +12,8 @@ import math
 import numpy
 import pytest
 
-from nca_np import report
+from nca_np import nca_report, report
+from nca_np.errors import UserError
 from strict_xp import strict
 
 KINDS = ["dae", "mss-dae", "sf"]
@@ -405,3 +406,67 @@ def test_several_runs_keep_the_plural():
                                   units=make_units(), n_freq=N_FREQ, **inputs).split("\n\n")[2]
     assert "each trained 2 times from different random initialisations" in header
     assert "Data from" not in header and "overrides" not in header  # neither was given
+
+
+# ------------------------------------------------------------- NCA diagnostics
+
+
+def test_diagnostics_count_converged_fits_ranks_and_spread():
+    units = make_units()
+    units[0]["strategies"]["student"]["converged"] = False  # DAE, segment 0
+    units[0]["strategies"]["student"]["tod_r_range"] = [1.0, 1.5]
+    units[1]["strategies"]["student"]["tod_r_range"] = [2.0, 2.1]
+    units[1]["strategies"]["student"]["spread"] = [{"init_seed": 9, "tod_r": 2.1}]
+
+    diagnostics = nca_report.diagnose(units, kinds=KINDS, strategies=STRATEGIES)
+
+    rows = {(r["kind"], r["strategy"]): r for r in diagnostics["convergence"]["rows"]}
+    assert (rows["dae", "student"]["converged"], rows["dae", "student"]["fits"]) == (2, 3)
+    assert rows["dae", "compositional"]["converged"] == 3
+    assert rows["dae", "student"]["relative_error"]["median"] == pytest.approx(0.1)
+    assert rows["dae", "student"]["spread"]["median_width"] == pytest.approx(0.3)  # widths 0.5 and 0.1
+    assert rows["dae", "student"]["spread"]["segments"] == 2 and rows["dae", "student"]["spread"]["seeds"] == 2
+    assert rows["sf", "student"]["spread"]["segments"] == 0
+    assert diagnostics["regime"]["determined"] == 0 and diagnostics["regime"]["rank_max"] == N_FRAMES
+    min_norm = next(r for r in diagnostics["exact_references"]["rows"] if r["key"] == "min_norm")
+    assert min_norm["cells"]["mss-dae"]["tod_r"]["mean"] == 5.0  # 4, 5, 6
+    identity = next(r for r in diagnostics["exact_references"]["rows"] if r["key"] == "identity")
+    assert identity["cells"]["sf"]["tod_r"]["all_inf"]
+    json.dumps(diagnostics, allow_nan=False)
+
+
+def test_the_note_says_what_tod_r_measures_when_fits_did_not_converge_or_are_underdetermined():
+    units = make_units()
+    note = nca_report.measurement_note(nca_report.diagnose(units, kinds=KINDS, strategies=STRATEGIES), STRATEGIES)
+    assert "underdetermined on 9 of 9 segments (rank X = 8 < F = 16" in note
+    assert "DAE 1.20 to 101.00" in note  # nearest the student's initial C, nearest the identity
+    assert "converged by" not in note  # every fit converged
+
+    units[4]["strategies"]["compositional"]["converged"] = False
+    note = nca_report.measurement_note(nca_report.diagnose(units, kinds=KINDS, strategies=STRATEGIES), STRATEGIES)
+    assert "17 of 18 NCA fits converged" in note and "NCA compositional 8 of 9" in note
+
+    for unit in units:
+        unit["references"].update(rank=N_FREQ, determined=True)
+        unit["strategies"]["compositional"]["converged"] = True
+    diagnostics = nca_report.diagnose(units, kinds=KINDS, strategies=STRATEGIES)
+    assert nca_report.measurement_note(diagnostics, STRATEGIES) == ""
+    assert "determined on every segment (rank X = F = 16" in nca_report.regime_sentence(diagnostics)
+
+
+def test_report_md_opens_with_the_note_and_has_the_new_tables(written):
+    text = (written[0][0] / "report.md").read_text()
+    title, rest = text.split("\n", 1)
+    assert rest.lstrip().startswith("**What the TOD-R column measures here.**")
+    assert "## Exact references" in text and "## Convergence of the NCA" in text
+    assert "| least squares, minimum norm: V X⁺ | 5.00 (0.82) | 12.00 (0.00) |" in text
+    assert "| identity | inf |" in text
+    rows = read_csv(written[0][0] / "nca_convergence.csv")
+    assert rows[1][:4] == ["DAE", "student", "3", "3"]
+
+
+def test_units_without_diagnostics_are_refused_with_a_way_out():
+    units = make_units()
+    del units[2]["references"]
+    with pytest.raises(UserError, match="has no references.*re-run the couplings stage"):
+        nca_report.diagnose(units, kinds=KINDS, strategies=STRATEGIES)
