@@ -130,6 +130,7 @@ def _convergence_table(by_kind: dict, kinds, strategies) -> dict:
         ranks = [int(_get(u, ("references", "rank"))) for u in units]
         n_freq = int(_get(units[0], ("references", "n_freq"))) if units else None
         determined = sum(bool(_get(u, ("references", "determined"))) for u in units)
+        least_squares = _stats(_get(u, ("references", "min_norm", "relative_error")) for u in units)
         for strategy in strategies:
             def values(key, strategy=strategy):
                 return [_get(u, ("strategies", strategy, key)) for u in units]
@@ -138,6 +139,7 @@ def _convergence_table(by_kind: dict, kinds, strategies) -> dict:
                 "label": get_strategy(strategy).label, "fits": len(units),
                 "converged": sum(bool(v) for v in values("converged")),
                 "relative_error": _stats(values("relative_error")),
+                "least_squares_error": least_squares,
                 "loss_fall": _stats(values("loss_fall")),
                 "iterations": _stats(values("iterations")),
                 "determined": determined, "segments": len(units), "rank": _stats(ranks), "n_freq": n_freq,
@@ -238,7 +240,7 @@ def _spread_text(spread: dict) -> str:
 
 def convergence_markdown(diagnostics: dict) -> str:
     header = ["Model", "Strategy", "converged", "relative error ‖V − CX‖₁/‖V‖₁, median (max)",
-              "loss fall over the last 10 %, median", "iterations", "student problem determined (rank X of F)",
+              "same for V X⁺, median", "loss fall over the last 10 %, median", "iterations", "student problem determined (rank X of F)",
               "TOD-R range over seeds, median width"]
     rows = []
     for row in diagnostics["convergence"]["rows"]:
@@ -247,7 +249,8 @@ def convergence_markdown(diagnostics: dict) -> str:
             if its["n"] else "–"
         ranks = f"{rank['min']:.0f}" if rank["min"] == rank["max"] else f"{rank['min']:.0f}–{rank['max']:.0f}"
         rows.append([row["model"], row["label"], _ratio(row["converged"], row["fits"]),
-                     f"{_fmt(error['median'], 3)} ({_fmt(error['max'], 3)})", _percent(fall["median"]),
+                     f"{_fmt(error['median'], 3)} ({_fmt(error['max'], 3)})",
+                     _fmt(row["least_squares_error"]["median"], 3), _percent(fall["median"]),
                      iterations, f"{_ratio(row['determined'], row['segments'])} (rank {ranks} of {row['n_freq']})",
                      _spread_text(row["spread"])])
     return _markdown(header, rows)
@@ -280,12 +283,13 @@ def references_csv(diagnostics: dict) -> str:
 
 def convergence_csv(diagnostics: dict) -> str:
     rows = [[r["model"], r["strategy"], r["fits"], r["converged"], _csv_number(r["relative_error"]["median"]),
-             _csv_number(r["relative_error"]["max"]), _csv_number(r["loss_fall"]["median"]),
+             _csv_number(r["relative_error"]["max"]), _csv_number(r["least_squares_error"]["median"]),
+             _csv_number(r["loss_fall"]["median"]),
              _csv_number(r["iterations"]["min"]), _csv_number(r["iterations"]["max"]), r["determined"],
              r["segments"], _csv_number(r["rank"]["median"]), r["n_freq"], _csv_number(r["spread"]["median_width"])]
             for r in diagnostics["convergence"]["rows"]]
     return _csv(["model", "strategy", "fits", "converged", "relative_error_median", "relative_error_max",
-                 "loss_fall_median", "iterations_min", "iterations_max", "determined", "segments", "rank_median",
+                 "least_squares_relative_error_median", "loss_fall_median", "iterations_min", "iterations_max", "determined", "segments", "rank_median",
                  "n_freq", "tod_r_range_median_width"], rows)
 
 
@@ -326,16 +330,26 @@ def _range_per_model(diagnostics: dict, low_key: str, high_key: str) -> str:
                      for k in low)
 
 
+def _student_above_least_squares(rows) -> list:
+    """The student rows whose median error exceeds that of V X⁺: fits
+    short of the minimum of their own loss (V X⁺ is a C they can reach)."""
+    return [r for r in rows if r["strategy"] == "student" and r["relative_error"]["median"] is not None
+            and r["least_squares_error"]["median"] is not None
+            and r["relative_error"]["median"] > r["least_squares_error"]["median"]]
+
+
 def measurement_note(diagnostics: dict, strategies) -> str:
     """The report's opening paragraph when its TOD-R column does not simply
-    measure the models: fits that did not converge, or an underdetermined
-    student problem. Empty when neither happened."""
+    measure the models: fits that did not converge, student fits that stop
+    above the least-squares error, or an underdetermined student problem.
+    Empty when none of these happened."""
     rows = diagnostics["convergence"]["rows"]
     fits = sum(r["fits"] for r in rows)
     converged = sum(r["converged"] for r in rows)
     regime = diagnostics["regime"]
     underdetermined = regime["determined"] < regime["segments"]
-    if converged == fits and not underdetermined:
+    above = _student_above_least_squares(rows)
+    if converged == fits and not underdetermined and not above:
         return ""
     parts = ["**What the TOD-R column measures here.**"]
     if converged < fits:
@@ -351,6 +365,12 @@ def measurement_note(diagnostics: dict, strategies) -> str:
             f"docs/method.md#convergence): {per_strategy}; the relative error ‖V − C X‖₁ / ‖V‖₁ is 1 for C = 0. "
             "The TOD-R of a fit that has not converged is a snapshot of a matrix that was still changing, "
             "not yet a property of the model.")
+    if above:
+        parts.append(
+            "The student's fits stop above the minimum of their own loss: the least-squares couplings V X⁺, "
+            "a C the student can reach, have the smaller median relative error ("
+            + ", ".join(f"{r['model']} {_fmt(r['least_squares_error']['median'], 2)} against "
+                        f"{_fmt(r['relative_error']['median'], 2)}" for r in above) + ").")
     if underdetermined:
         first = strategies[0]
         parts.append(
@@ -390,7 +410,9 @@ def convergence_caption(diagnostics: dict) -> str:
         f"{100 * diagnostics['tolerance']:g} % between the mean over the last "
         f"{100 * diagnostics['convergence']['window']:g} % of the iterations and the mean over the "
         f"{100 * diagnostics['convergence']['window']:g} % before); the relative error of the final C (C = 0 "
-        "scores 1); the fall of the loss over the last 10 % of iterations; iterations run; on how many segments "
+        "scores 1), beside that of the least-squares couplings V X⁺ (a C the student strategy can reach, so "
+        "its L1 optimum is at most that; the compositional C is confined to the form W̃_L ⋯ W̃_1); the fall "
+        "of the loss over the last 10 % of iterations; iterations run; on how many segments "
         "rank X = F, so that C X = V has at most one solution; and the width max − min of TOD-R over fits of one "
         "segment from different initialisations (nca.init_seeds extra seeds on the first nca.spread_segments "
         "segments).")

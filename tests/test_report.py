@@ -441,6 +441,7 @@ def test_the_note_says_what_tod_r_measures_when_fits_did_not_converge_or_are_und
     assert "underdetermined on 9 of 9 segments (rank X = 8 < F = 16" in note
     assert "DAE 1.20 to 101.00" in note  # nearest the student's initial C, nearest the identity
     assert "converged by" not in note  # every fit converged
+    assert "stop above the minimum of their own loss" in note and "DAE 0.00 against 0.10" in note
 
     units[4]["strategies"]["compositional"]["converged"] = False
     note = nca_report.measurement_note(nca_report.diagnose(units, kinds=KINDS, strategies=STRATEGIES), STRATEGIES)
@@ -448,6 +449,7 @@ def test_the_note_says_what_tod_r_measures_when_fits_did_not_converge_or_are_und
 
     for unit in units:
         unit["references"].update(rank=N_FREQ, determined=True)
+        unit["references"]["min_norm"]["relative_error"] = 0.5  # the student fits (0.1) beat least squares
         unit["strategies"]["compositional"]["converged"] = True
     diagnostics = nca_report.diagnose(units, kinds=KINDS, strategies=STRATEGIES)
     assert nca_report.measurement_note(diagnostics, STRATEGIES) == ""
