@@ -102,6 +102,7 @@ RULES = {
     "nca.composition": (_choices("paper", "authors-code"), "'paper' or 'authors-code'"),
     "nca.max_iterations": (_positive, "positive (and at least nca.iterations)"),
     "nca.tolerance": (_fraction, "between 0 and 1"),
+    "nca.halvings": (lambda v: v >= 0, "zero or positive"),
     "nca.checkpoint_every": (_positive, "positive"),
     "nca.init_seeds": (lambda v: v >= 0, "zero or positive"),
     "nca.spread_segments": (lambda v: v >= 0, "zero or positive"),

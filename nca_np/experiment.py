@@ -386,7 +386,7 @@ def _unit_path(ws: Workspace, kind: str, segment: dict) -> Path:
 def _fit_settings(nca: dict) -> dict:
     """The keyword arguments of ``fit_couplings`` that the configuration sets."""
     return {"iterations": nca["iterations"], "lr": nca["learning_rate"], "composition": nca["composition"],
-            "max_iterations": nca["max_iterations"], "tolerance": nca["tolerance"],
+            "max_iterations": nca["max_iterations"], "tolerance": nca["tolerance"], "halvings": nca["halvings"],
             "checkpoint_every": nca["checkpoint_every"]}
 
 

@@ -71,8 +71,8 @@ class CouplingsFit:
             the student, the ``C`` composed from the initial ``P_l``).
         relative_error: ``‖V − C X‖₁ / ‖V‖₁`` of the final ``C`` (``C = 0``
             scores 1).
-        loss_fall: :func:`loss_fall` of ``losses``: how much the loss still
-            fell over the last 10 % of the iterations.
+        loss_fall: :func:`loss_fall` of the losses of the last stage: how
+            much the loss still fell over its last 10 % of iterations.
         converged: the verdict of the rule (``|loss_fall| < tolerance``).
         stopped: why the fit ended: "iterations" (the fixed count ran out),
             "tolerance" (converged before the cap) or "cap" (reached
@@ -81,6 +81,8 @@ class CouplingsFit:
             every ``checkpoint_every`` iterations (``iteration`` = Adam steps
             taken), then the final ``C``.
         tolerance: the tolerance of the verdict.
+        stages: ``[first iteration, learning rate]`` of each stage: one for
+            the paper's fixed count, one more after each halving of η.
     """
 
     C: object
@@ -95,6 +97,7 @@ class CouplingsFit:
     stopped: str = "iterations"
     trajectory: list = field(default_factory=list)
     tolerance: float = CONVERGENCE_TOLERANCE
+    stages: list = field(default_factory=list)
 
     @property
     def iterations(self) -> int:
@@ -105,7 +108,7 @@ class CouplingsFit:
         """The JSON-able diagnostics (docs/method.md#convergence)."""
         return {"relative_error": self.relative_error, "loss_fall": self.loss_fall,
                 "converged": bool(self.converged), "stopped": self.stopped, "iterations": self.iterations,
-                "tolerance": self.tolerance, "trajectory": list(self.trajectory)}
+                "tolerance": self.tolerance, "stages": list(self.stages), "trajectory": list(self.trajectory)}
 
 
 def loss_fall(losses, window: float = CONVERGENCE_WINDOW) -> float:
@@ -681,6 +684,7 @@ def fit_couplings(
     callback: Callable[[int, object], None] | None = None,
     max_iterations: int | None = None,
     tolerance: float = CONVERGENCE_TOLERANCE,
+    halvings: int = 0,
     checkpoint_every: int = CHECKPOINT_EVERY,
     initial: list | None = None,
     on_checkpoint: Callable[[dict], None] | None = None,
@@ -698,7 +702,12 @@ def fit_couplings(
     - ``max_iterations > iterations``: at least ``iterations`` steps, then
       on until the convergence rule holds at a checkpoint
       (:func:`loss_fall` below ``tolerance``) or ``max_iterations`` is
-      reached.
+      reached. With ``halvings = h > 0`` the first ``h`` times the rule
+      holds η is halved instead, and the fit goes on (a stage of at least
+      ``iterations`` steps per learning rate, the rule applied to the
+      stage's own losses): a fixed-step Adam on an L1 loss dithers about
+      its minimum with an amplitude that scales with η, so each halving
+      lowers the floor the loss can reach.
 
     Every ``checkpoint_every`` iterations the fit records a checkpoint of
     its trajectory (TOD-R and relative error of the current ``C``); that is
@@ -720,6 +729,8 @@ def fit_couplings(
             ``backend.to_float`` only when needed: each read synchronises).
         max_iterations: the cap of a fit run to the tolerance.
         tolerance: of the convergence rule (docs/method.md#convergence).
+        halvings: how many times a fit run to the tolerance halves η when
+            the rule holds, before it stops.
         checkpoint_every: iterations between trajectory checkpoints.
         initial: the initial unknowns as :func:`initial_draws` returns them
             (drawn ahead of time, e.g. while another fit runs); None draws
@@ -733,6 +744,8 @@ def fit_couplings(
     spec = get_strategy(strategy)
     _check_composition(composition)
     cap = _check_schedule(iterations, max_iterations, tolerance, checkpoint_every)
+    if halvings < 0:
+        raise CouplingsError(f"halvings is {halvings}: it must be zero or positive")
     X, module = _model_segment(model, X)
     # contiguous, so each iteration's C X − V reads it with unit stride
     V = module.ascontiguousarray(model.decoder_output(X.T).T)
@@ -742,6 +755,7 @@ def fit_couplings(
     losses = module.empty(cap, dtype=X.dtype)
     optimizer = Adam(fitting.params, lr=lr)
     trajectory, C_initial, stopped = [], None, "iterations" if cap == iterations else "cap"
+    stages = [[0, float(lr)]]  # [first iteration, learning rate] of each stage
 
     def checkpoint(iteration: int, C, loss) -> None:
         record = {"iteration": iteration, "tod_r": metrics.tod_r(C),
@@ -757,10 +771,14 @@ def fit_couplings(
         if iteration == 0:
             C_initial = fitting.couplings().copy()
         if iteration % checkpoint_every == 0:
-            if iteration >= iterations and cap > iterations and \
-                    is_converged(loss_fall(losses[:iteration]), tolerance):
-                stopped = "tolerance"
-                break
+            start = stages[-1][0]
+            if cap > iterations and iteration - start >= iterations and \
+                    is_converged(loss_fall(losses[start:iteration]), tolerance):
+                if len(stages) > halvings:
+                    stopped = "tolerance"
+                    break
+                optimizer.lr /= 2.0
+                stages.append([iteration, optimizer.lr])
             checkpoint(iteration, fitting.couplings(), loss)
         optimizer.step(grads)
         if callback is not None:
@@ -770,11 +788,11 @@ def fit_couplings(
     final_error = module.abs(C @ X - V).sum()
     checkpoint(iteration, C, final_error)
     host_losses = backend.to_host(losses[:iteration])
-    fall = loss_fall(host_losses)
+    fall = loss_fall(host_losses[stages[-1][0]:])
     return CouplingsFit(C, Ps, host_losses, strategy, composition, C_initial=C_initial,
                         relative_error=trajectory[-1]["relative_error"], loss_fall=fall,
                         converged=is_converged(fall, tolerance), stopped=stopped, trajectory=trajectory,
-                        tolerance=tolerance)
+                        tolerance=tolerance, stages=stages)
 
 
 def _relative(error: float, norm: float) -> float:

@@ -412,7 +412,7 @@ def convergence_caption(diagnostics: dict) -> str:
         f"{100 * diagnostics['convergence']['window']:g} % before); the relative error of the final C (C = 0 "
         "scores 1), beside that of the least-squares couplings V X⁺ (a C the student strategy can reach, so "
         "its L1 optimum is at most that; the compositional C is confined to the form W̃_L ⋯ W̃_1); the fall "
-        "of the loss over the last 10 % of iterations; iterations run; on how many segments "
+        "of the loss over the last 10 % of iterations (of the last stage when η was halved, nca.halvings); iterations run; on how many segments "
         "rank X = F, so that C X = V has at most one solution; and the width max − min of TOD-R over fits of one "
         "segment from different initialisations (nca.init_seeds extra seeds on the first nca.spread_segments "
         "segments).")

@@ -327,6 +327,21 @@ def test_diagnostics_flag_a_fit_run_to_the_tolerance_as_converged():
     assert fit.trajectory[-1]["iteration"] == fit.iterations
 
 
+def test_halving_the_step_when_the_rule_holds_lowers_the_floor():
+    model, X = linear_problem()
+    plain = nca.fit_couplings(model, X, "student", iterations=200, lr=1e-2, max_iterations=20000,
+                              checkpoint_every=20)
+    halved = nca.fit_couplings(model, X, "student", iterations=200, lr=1e-2, max_iterations=20000,
+                               checkpoint_every=20, halvings=4)
+
+    assert plain.stages == [[0, 1e-2]] and plain.stopped == "tolerance"
+    assert [lr for _, lr in halved.stages] == [1e-2, 5e-3, 2.5e-3, 1.25e-3, 6.25e-4]
+    starts = [start for start, _ in halved.stages]
+    assert all(b - a >= 200 for a, b in zip(starts, starts[1:]))  # each stage at least `iterations` steps
+    assert halved.stopped == "tolerance" and halved.converged
+    assert halved.relative_error < 0.25 * plain.relative_error
+
+
 def test_a_fit_that_reaches_its_cap_says_so():
     model, X = linear_problem()
     fit = nca.fit_couplings(model, X, "student", iterations=40, lr=3e-3, max_iterations=100, checkpoint_every=20)
