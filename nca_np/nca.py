@@ -642,6 +642,38 @@ def get_strategy(name: str) -> Strategy:
         raise CouplingsError(f"unknown NCA strategy {name!r}: use one of {', '.join(strategy_names())}") from None
 
 
+@dataclass
+class _Schedule:
+    """When a fit run to the tolerance halves its step and when it stops
+    (docs/method.md#convergence); a fit of fixed length (``cap ==
+    iterations``) never does either.
+
+    Attributes:
+        stages: ``[first iteration, learning rate]`` of each stage so far.
+    """
+
+    iterations: int
+    cap: int
+    tolerance: float
+    halvings: int
+    stages: list
+
+    def stop_at(self, iteration: int, losses, optimizer) -> bool:
+        """At a checkpoint: True to stop here. When the rule holds over the
+        current stage (of at least ``iterations`` steps) and halvings are
+        left, halves the optimizer's η and starts a new stage instead."""
+        start = self.stages[-1][0]
+        if self.cap == self.iterations or iteration - start < self.iterations:
+            return False
+        if not is_converged(loss_fall(losses[start:iteration]), self.tolerance):
+            return False
+        if len(self.stages) > self.halvings:
+            return True
+        optimizer.lr /= 2.0
+        self.stages.append([iteration, optimizer.lr])
+        return False
+
+
 def _check_schedule(iterations: int, max_iterations: int | None, tolerance: float,
                     checkpoint_every: int) -> int:
     """The iteration cap, after checking the fit's schedule."""
@@ -755,7 +787,7 @@ def fit_couplings(
     losses = module.empty(cap, dtype=X.dtype)
     optimizer = Adam(fitting.params, lr=lr)
     trajectory, C_initial, stopped = [], None, "iterations" if cap == iterations else "cap"
-    stages = [[0, float(lr)]]  # [first iteration, learning rate] of each stage
+    schedule = _Schedule(iterations, cap, tolerance, halvings, [[0, float(lr)]])
 
     def checkpoint(iteration: int, C, loss) -> None:
         record = {"iteration": iteration, "tod_r": metrics.tod_r(C),
@@ -771,14 +803,9 @@ def fit_couplings(
         if iteration == 0:
             C_initial = fitting.couplings().copy()
         if iteration % checkpoint_every == 0:
-            start = stages[-1][0]
-            if cap > iterations and iteration - start >= iterations and \
-                    is_converged(loss_fall(losses[start:iteration]), tolerance):
-                if len(stages) > halvings:
-                    stopped = "tolerance"
-                    break
-                optimizer.lr /= 2.0
-                stages.append([iteration, optimizer.lr])
+            if schedule.stop_at(iteration, losses, optimizer):
+                stopped = "tolerance"
+                break
             checkpoint(iteration, fitting.couplings(), loss)
         optimizer.step(grads)
         if callback is not None:
@@ -788,11 +815,11 @@ def fit_couplings(
     final_error = module.abs(C @ X - V).sum()
     checkpoint(iteration, C, final_error)
     host_losses = backend.to_host(losses[:iteration])
-    fall = loss_fall(host_losses[stages[-1][0]:])
+    fall = loss_fall(host_losses[schedule.stages[-1][0]:])
     return CouplingsFit(C, Ps, host_losses, strategy, composition, C_initial=C_initial,
                         relative_error=trajectory[-1]["relative_error"], loss_fall=fall,
                         converged=is_converged(fall, tolerance), stopped=stopped, trajectory=trajectory,
-                        tolerance=tolerance, stages=stages)
+                        tolerance=tolerance, stages=schedule.stages)
 
 
 def _relative(error: float, norm: float) -> float:
