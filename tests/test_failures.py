@@ -143,7 +143,7 @@ def test_metadata_and_report_name_data_root_cut_list_and_overrides(reference):
     assert meta["data"]["root"] == root and meta["data"]["corpus"] == "synthetic"
     assert meta["data"]["cut_list"] == "activation confidence (1 excerpt)"
     assert meta["overrides"] == ["train.runs=1"]
-    header = (results(reference) / "report.md").read_text().split("\n\n")[2]
+    header = next(p for p in (results(reference) / "report.md").read_text().split("\n\n") if p.startswith("Profile **"))
     assert f"Data from `{root}`; test excerpts from activation confidence (1 excerpt)." in header
     assert "Command-line overrides of the profile: `train.runs=1`." in header
 

@@ -107,6 +107,11 @@ def report_inputs(strategies=STRATEGIES):
     }
 
 
+def run_paragraph(text):
+    """The paragraph of report.md that says what was run."""
+    return next(p for p in text.split("\n\n") if p.startswith("Profile **"))
+
+
 def cell(summary, table, kind, column):
     row = next(r for r in summary[table]["rows"] if r["kind"] == kind)
     return row["cells"][column]
@@ -390,7 +395,7 @@ def test_one_run_per_model_is_said_in_the_singular():
     del inputs["units"], inputs["kinds"], inputs["strategies"]
     text = report.render_report(report.summarise(make_units(), kinds=KINDS, strategies=STRATEGIES),
                                 units=make_units(), kinds=KINDS, strategies=STRATEGIES, n_freq=N_FREQ, **inputs)
-    header = text.split("\n\n")[2]
+    header = run_paragraph(text)
     assert "each trained once from a random initialisation" in header
     assert "each model through its one trained run" in header
     assert "Data from `/data/musdb18`; test excerpts from the published SiSEC 2018 list (50 excerpts)." in header
@@ -403,7 +408,8 @@ def test_one_run_per_model_is_said_in_the_singular():
 def test_several_runs_keep_the_plural():
     inputs = report_inputs()
     header = report.render_report(report.summarise(inputs.pop("units"), kinds=KINDS, strategies=STRATEGIES),
-                                  units=make_units(), n_freq=N_FREQ, **inputs).split("\n\n")[2]
+                                  units=make_units(), n_freq=N_FREQ, **inputs)
+    header = run_paragraph(header)
     assert "each trained 2 times from different random initialisations" in header
     assert "Data from" not in header and "overrides" not in header  # neither was given
 
