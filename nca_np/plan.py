@@ -58,9 +58,16 @@ def plan(ws: Workspace, *, calibrate=True, log=None) -> str:
         batches = -(-n_frames // config["train"]["batch_size"])
         epoch_s = sum(step[kind] for kind, run in trainings if (kind, run) not in finished) * batches
         nca_left = max(n_units - done, 0) / max(len(config["train"]["kinds"]), 1)
-        nca_s = sum(iterations[k] for k in config["train"]["kinds"]) * config["nca"]["iterations"] * nca_left
+        nca = config["nca"]
+        # the extra fits of the spread over seeds, on the first segments of each model
+        spread = min(nca["spread_segments"], n_segments) * nca["init_seeds"]
+        fits = nca_left * (1.0 + spread / n_segments) if n_segments else 0.0
+        per_fit = sum(iterations[k] for k in config["train"]["kinds"])
+        nca_s = per_fit * nca["iterations"] * fits
+        capped = (f" (up to {_duration(per_fit * nca['max_iterations'] * fits)} if every fit runs to "
+                  f"nca.max_iterations = {nca['max_iterations']})" if nca["max_iterations"] > nca["iterations"] else "")
         lines.append(f"estimate: training {_duration(epoch_s)} per epoch of every unfinished run, at most "
-                     f"{_duration(epoch_s * epochs)} if all use {epochs} epochs; NCA about {_duration(nca_s)}")
+                     f"{_duration(epoch_s * epochs)} if all use {epochs} epochs; NCA about {_duration(nca_s)}{capped}")
     return "\n".join(lines)
 
 
