@@ -1,7 +1,7 @@
 """Configuration profiles (``configs/*.toml``), overrides and their hash.
 
 A profile is a TOML file with the sections ``stft``, ``data``, ``train`` and
-``nca`` (see ``configs/paper.toml``, where every value of MATH.md lives).
+``nca`` (see ``configs/paper.toml``, where every value of docs/method.md lives).
 ``--set section.key=value`` overrides any value; the value is parsed as
 TOML (``--set train.runs=3``, ``--set nca.composition='"authors-code"'`` or
 simply ``--set nca.composition=authors-code``). Unknown keys are errors, so

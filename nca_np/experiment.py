@@ -1,4 +1,4 @@
-"""The experiment of MATH.md §6 as stages over units of work.
+"""The experiment of docs/method.md#protocol as stages over units of work.
 
 Data flows one way, through files under one working folder::
 

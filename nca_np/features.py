@@ -1,4 +1,4 @@
-"""Magnitude-spectrum features (MATH.md §1, paper Sec. 4.1).
+"""Magnitude-spectrum features (docs/method.md#features, paper Sec. 4.1).
 
 Short-time Fourier transform, its weighted overlap-add inverse, and the
 per-band :class:`Scaler`. Feature extraction runs once, at preparation time,
@@ -41,7 +41,7 @@ _CHUNK_FRAMES = 1024  # frames per FFT batch: 1024 x 4096 float64 is 32 MiB
 
 @dataclasses.dataclass(frozen=True)
 class StftSettings:
-    """STFT parameters (MATH.md §1.2; the ``[stft]`` table of a profile).
+    """STFT parameters (docs/method.md#features; the ``[stft]`` table of a profile).
 
     Attributes:
         sample_rate: Hz; audio at another rate is rejected by the reader.
@@ -84,7 +84,7 @@ class StftSettings:
 
     @property
     def n_freq(self) -> int:
-        """Number of kept frequency bins, ``n_fft // 2 + 1`` (F in MATH.md)."""
+        """Number of kept frequency bins, ``n_fft // 2 + 1`` (F in docs/method.md)."""
         return self.n_fft // 2 + 1
 
     @classmethod
@@ -127,7 +127,7 @@ def _host_array(array) -> numpy.ndarray:
 
 
 def to_mono(audio, dtype=numpy.float32) -> numpy.ndarray:
-    """Average the channels (MATH.md §1.1): the project's one downmix.
+    """Average the channels (docs/method.md#features): the project's one downmix.
 
     Args:
         audio: ``(n,)`` mono or ``(n, channels)`` samples as rows (the layout
@@ -194,7 +194,7 @@ def _spectrum_chunks(signal, settings: StftSettings, dtype):
 
 
 def stft(signal, settings: StftSettings, *, dtype=numpy.complex64) -> numpy.ndarray:
-    """Short-time Fourier transform, frames as rows (MATH.md §1.2).
+    """Short-time Fourier transform, frames as rows (docs/method.md#features).
 
     Args:
         signal: ``(n,)`` mono samples (host array).
@@ -242,7 +242,7 @@ def _unit_phase(phase_source: numpy.ndarray, real) -> numpy.ndarray:
 
 
 def istft(magnitude_frames, phase_source, settings: StftSettings, length: int, *, dtype=numpy.float32) -> numpy.ndarray:
-    """Inverse STFT by weighted overlap-add with the phase of ``phase_source`` (MATH.md §1.4).
+    """Inverse STFT by weighted overlap-add with the phase of ``phase_source`` (docs/method.md#features).
 
     Each frame ``|Y| · S/|S|`` is inverted, un-rotated from zero-phase
     order, multiplied by the synthesis window ``w`` and added at its centre;
@@ -307,7 +307,7 @@ def _squared_window_sum(window: numpy.ndarray, hop: int, count: int, n_blocks: i
 
 
 class Scaler:
-    """Per-band scale of MATH.md §1.3: each band divided by its standard deviation.
+    """Per-band scale of docs/method.md#features: each band divided by its standard deviation.
 
     The standard deviation (population, ``ddof = 0``) of each frequency band
     is taken over all training frames of the mixture, accumulated in one

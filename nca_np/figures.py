@@ -1,4 +1,4 @@
-"""The report's figures: Figures 2–3, training loss, NCA convergence (MATH.md §5–§6).
+"""The report's figures: Figures 2–3, training loss, NCA convergence (docs/method.md#measures and docs/method.md#protocol).
 
 :func:`write_figures` draws the PNGs of the report folder:
 

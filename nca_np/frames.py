@@ -6,7 +6,7 @@ A *frame source* is what the trainer draws from. It offers
 - ``n_freq``: the number of frequency bins F,
 - ``batches(batch_size, rng)``: an iterator of ``(X, Y)``, both ``(B, F)``
   float32 arrays of the source's array module (frames as rows), the scaled
-  mixture and vocals magnitudes (MATH.md §1.3). One call is one epoch: every
+  mixture and vocals magnitudes (docs/method.md#features). One call is one epoch: every
   frame appears exactly once, in a shuffled order that depends only on
   ``rng`` (a ``numpy.random.Generator``, consumed deterministically), and
   the last batch holds the remaining ``N mod B`` frames when that is not 0.
@@ -213,7 +213,7 @@ class ArrayFrames:
             ``numpy.load(path, mmap_mode="r")``.
         vocals: the vocals frames, same shapes as ``mixture``.
         scale: ``(F,)`` per-band factor multiplied into every batch (``1/std``
-            of the Scaler, MATH.md §1.3), or None for frames already scaled.
+            of the Scaler, docs/method.md#features), or None for frames already scaled.
         module: array module the batches are moved to
             (``backend.to_device``); None keeps them on the host.
         block_frames: frames per block (consecutive frames read together).

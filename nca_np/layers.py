@@ -2,7 +2,7 @@
 
 Convention: frames as rows. A batch ``x`` has shape ``(B, n_in)``; a layer
 holds ``W`` of shape ``(n_out, n_in)`` and ``b`` of shape ``(n_out,)``, so the
-math of MATH.md §2, ``z = W h + b`` for a column ``h``, reads
+math of docs/method.md#models, ``z = W h + b`` for a column ``h``, reads
 ``z = x Wᵀ + bᵀ`` for the batch.
 
 Every ``*_forward`` returns ``(out, cache)``; the matching ``*_backward``
@@ -36,7 +36,7 @@ def dense_backward(dz, cache):
 
     .. math::  ∂L/∂W = δzᵀ x,   ∂L/∂b = Σ_batch δz,   ∂L/∂x = δz W
 
-    (the batched form of MATH.md §2: ``∂L/∂W = δz hᵀ``, ``δh = Wᵀ δz``).
+    (the batched form of docs/method.md#models: ``∂L/∂W = δz hᵀ``, ``δh = Wᵀ δz``).
 
     Args:
         dz: (B, n_out) gradient of the loss with respect to ``z``.
@@ -94,7 +94,7 @@ def dense_relu_forward(x, W, b):
 
 
 def dense_relu_backward(da, cache, *, need_dx=True, dW_out=None, db_out=None):
-    """Backward pass of one layer ``a = g(W h + b)`` (MATH.md §2):
+    """Backward pass of one layer ``a = g(W h + b)`` (docs/method.md#models):
 
     .. math::  δz = δa ⊙ 1[z > 0],  ∂L/∂W = δzᵀ x,  ∂L/∂b = Σ_batch δz,
                ∂L/∂x = δz W
@@ -136,7 +136,7 @@ def mask_forward(x, m):
 
 
 def mask_backward(dy, cache):
-    """``δm = δŷ ⊙ x`` (MATH.md §2). No gradient flows into ``x``: it is
+    """``δm = δŷ ⊙ x`` (docs/method.md#models). No gradient flows into ``x``: it is
     the input data, not a parameter, so the second path through ``x`` (the
     encoder) needs no accumulation."""
     return dy * cache
@@ -162,6 +162,6 @@ def mse_forward(y_hat, y):
 
 
 def mse_backward(cache):
-    """``δŷ = 2 (ŷ − y) / (B F)`` (MATH.md §2). Returns (B, F)."""
+    """``δŷ = 2 (ŷ − y) / (B F)`` (docs/method.md#models). Returns (B, F)."""
     diff, n = cache
     return diff * (2.0 / n)

@@ -1,4 +1,4 @@
-"""Measures of a couplings matrix (MATH.md §5, Secs. 4.1–4.2 of the paper).
+"""Measures of a couplings matrix (docs/method.md#measures, Secs. 4.1–4.2 of the paper).
 
 Frames are columns, as in the NCA: ``X`` is (F, T), ``C`` is (F, F). The
 measures accept NumPy or CuPy arrays and return Python floats (one explicit
@@ -21,7 +21,7 @@ def tod_r(C) -> float:
 
     i.e. the mean absolute diagonal entry over the mean absolute off-diagonal
     entry, so a structureless random matrix scores about 1 (the (F − 1)
-    scale is this project's choice, MATH.md §5). Large values mean scalar
+    scale is this project's choice, docs/method.md#measures). Large values mean scalar
     filtering (a mask), small values inter-frequency structure.
 
     Args:

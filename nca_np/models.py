@@ -1,4 +1,4 @@
-"""The three separation models of MATH.md §2: DAE, MSS-DAE and SF.
+"""The three separation models of docs/method.md#models: DAE, MSS-DAE and SF.
 
 Each model is a chain of dense+ReLU layers (:mod:`nca_np.layers`); SF adds
 the mask product with its input. Frames are rows: ``X``, ``Y`` are (B, F).
@@ -156,7 +156,7 @@ class Model:
 
     def decoder_output(self, X):
         """The last layer's ReLU output ``v`` (B, F): the estimate for DAE and
-        MSS-DAE, the mask ``m`` for SF (MATH.md §2). This is what the NCA
+        MSS-DAE, the mask ``m`` for SF (docs/method.md#models). This is what the NCA
         approximates."""
         return self._forward(self._as_input(X))[0]
 
@@ -201,7 +201,7 @@ class Model:
 
 
 def build_model(kind: str, n_freq: int, *, seed: int = 0, dtype=numpy.float32, module=None) -> Model:
-    """A model with Glorot-normal weights and zero biases (MATH.md §2).
+    """A model with Glorot-normal weights and zero biases (docs/method.md#models).
 
     The weights are drawn on the host from ``backend.rng(seed)``, encoder
     first, and then moved to ``module`` (default: the active backend), so a

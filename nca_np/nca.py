@@ -1,6 +1,6 @@
 """The neural couplings algorithm (NCA): a matrix ``C`` with ``C X ≈ V``.
 
-Paper convention throughout (MATH.md §4): frames are *columns*. ``X`` is a
+Paper convention throughout (docs/method.md#nca): frames are *columns*. ``X`` is a
 segment of ``T`` mixture frames, shape (F, T); ``V`` is the model's decoder
 output on it, shape (F, T); couplings ``C`` and every per-layer matrix
 ``W``, ``P`` are (F, F), biases ``b`` are (F,). Layers are listed encoder
@@ -14,7 +14,7 @@ Two strategies fit ``C`` by minimising the entry-wise L1 error
 - **compositional** (Eqs. 17–21): one unknown ``P_l`` per layer,
   ``Z_l = P_l (W_l ⊕ b_l)ᵀ``, ``W̃_l = W_l ⊙ g(Z_l)``, ``C = W̃_L ⋯ W̃_1``.
   ``composition="authors-code"`` selects the other reading of Eqs. 18–19
-  (``M_l = W_l + 1 b_lᵀ``, ``Z_l = M_l P_lᵀ``); see MATH.md §4.
+  (``M_l = W_l + 1 b_lᵀ``, ``Z_l = M_l P_lᵀ``); see docs/method.md#nca.
 
 Baselines: :func:`linear_composition` (Eqs. 11–13) and
 :func:`identity_couplings`. Derivations: ``docs/gradients.md``. Exact
@@ -347,7 +347,7 @@ def compose(weights, biases, Ps, *, composition: str = "paper"):
 def compositional_loss_and_grads(weights, biases, Ps, X, V, *, composition: str = "paper"):
     """L1 error of the composed couplings and its gradients for every ``P_l``.
 
-    For a chain of any depth L (MATH.md §4; Eqs. 20–21 when L = 2), with
+    For a chain of any depth L (docs/method.md#nca; Eqs. 20–21 when L = 2), with
     ``S = sign(C X − V)``, ``Aft_l = W̃_L ⋯ W̃_{l+1}``, ``Bef_l = W̃_{l−1} ⋯ W̃_1``:
 
     .. math::

@@ -1,4 +1,4 @@
-"""Adam (MATH.md §3) and the plateau learning-rate schedule.
+"""Adam (docs/method.md#training) and the plateau learning-rate schedule.
 
 Adam, with the paper's names, for each parameter θ with gradient ∇ at step
 ``t`` (incremented first):
@@ -66,7 +66,7 @@ def _update_range(module, flat, start, stop, chunk, scratch, coefficients):
     """Adam on ``[start, stop)`` of the flat (θ, ∇, m, v), chunk by chunk.
 
     ``coefficients`` = (β1, β2, ε c, η c / (1 − β1ᵗ)) with c = √(1 − β2ᵗ),
-    which is MATH.md §3's update with one pass fewer over the chunk. Python
+    which is the update of docs/method.md#training with one pass fewer over the chunk. Python
     floats keep float32 arrays in float32.
     """
     b1, b2, eps_scaled, step_scaled = coefficients
@@ -142,7 +142,7 @@ class Adam:
             raise ValueError(f"{len(grads)} gradients for {len(self.params)} parameters")
         self.t += 1
         # With c = √(1 − β2ᵗ): θ ← θ − (η c / (1 − β1ᵗ)) · m / (√v + ε c), the
-        # update of MATH.md §3 with the bias corrections folded into scalars.
+        # update of docs/method.md#training with the bias corrections folded into scalars.
         c = math.sqrt(1.0 - self.beta2 ** self.t)
         coefficients = (self.beta1, self.beta2, self.eps * c, self.lr * c / (1.0 - self.beta1 ** self.t))
         for p, g, m, v in zip(self.params, grads, self.m, self.v):
@@ -205,7 +205,7 @@ class Adam:
 class PlateauSchedule:
     """Halve η after ``patience_halve`` epochs without improvement of the
     epoch's mean loss; stop after ``patience_stop``, or at ``max_epochs``
-    (MATH.md §3).
+    (docs/method.md#training).
 
     Call :meth:`update` once per epoch with that epoch's mean loss; it
     returns the decision and keeps the state needed to resume.

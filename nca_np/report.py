@@ -1,4 +1,4 @@
-"""The report: Tables 1–3, Figures 2–3, curves and metadata (MATH.md §5–§6).
+"""The report: Tables 1–3, Figures 2–3, curves and metadata (docs/method.md#measures and docs/method.md#protocol).
 
 This module knows nothing of where runs and couplings are stored: the
 experiment gathers and validates the saved results and hands them over as
@@ -222,7 +222,7 @@ def _group_units(units, kinds) -> dict:
 
 
 def summarise(units, *, kinds, strategies) -> dict:
-    """The numbers of Tables 1–3 (MATH.md §6), as a JSON-able dict.
+    """The numbers of Tables 1–3 (docs/method.md#protocol), as a JSON-able dict.
 
     - ``table1_tod_r``: TOD-R (Eq. 22) of each strategy's couplings.
     - ``table2_snr_model_db``: SNR(model output ŷ, Ŷ(C)) in dB for C = NCA

@@ -96,7 +96,7 @@ def test_scaled_training_mixture_has_unit_std_per_band(prepared):
     Y = numpy.concatenate([y for _, y in batches])
     assert X.dtype == numpy.float32 and X.shape == (1380, N_FREQ)
     numpy.testing.assert_allclose(X.astype(numpy.float64).std(axis=0), 1.0, rtol=1e-4)
-    # The vocals are scaled by the mixture's factors (MATH.md §1.3), not their own.
+    # The vocals are scaled by the mixture's factors (docs/method.md#features), not their own.
     _, raw_vocals = features.train_arrays()
     raw = numpy.concatenate(raw_vocals).astype(numpy.float64)
     numpy.testing.assert_allclose(numpy.sort(Y, axis=0), numpy.sort(raw * features.scale, axis=0), rtol=1e-6)

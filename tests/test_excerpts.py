@@ -1,5 +1,5 @@
 """Tests of nca_np.data.excerpts: the SiSEC list, the activation-confidence
-selector (MATH.md §6) and the cut-list file."""
+selector (docs/method.md#protocol) and the cut-list file."""
 
 import numpy
 import pytest

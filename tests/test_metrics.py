@@ -1,4 +1,4 @@
-"""Tests of the couplings measures (nca_np.metrics, MATH.md §5)."""
+"""Tests of the couplings measures (nca_np.metrics, docs/method.md#measures)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of the report (nca_np.report, MATH.md §5–§6): table statistics
+"""Tests of the report (nca_np.report, docs/method.md#measures and docs/method.md#protocol): table statistics
 against hand computation, the files written, their determinism, and
 missing pieces (a strategy not run, a model without a matrix); the
 figures themselves are tested in test_figures.py."""

@@ -10,8 +10,8 @@ reads audio. It writes, under ``<cache_root>/<key>/``::
     test/00000.mixture.npy    the same for each test track's excerpt
     test/00000.vocals.npy
     test/00000.json           marker: name, excerpt, frame count
-    scaler.npz                per-band standard deviations of the training mixtures (MATH.md §1.3)
-    cutlist.csv               track,start_s,end_s,source of the test excerpts (MATH.md §6)
+    scaler.npz                per-band standard deviations of the training mixtures (docs/method.md#features)
+    cutlist.csv               track,start_s,end_s,source of the test excerpts (docs/method.md#protocol)
     manifest.json             written last of all: marks the cache complete
 
 Magnitudes are stored unscaled; readers apply the scaler. The key
@@ -316,7 +316,7 @@ def _feature_bytes(plan: _Plan, train_refs: list, test_refs: list) -> int:
 
 
 def _select_excerpt(plan: _Plan, track, previews: dict) -> excerpt_module.Excerpt:
-    """The test excerpt of one track (MATH.md §6)."""
+    """The test excerpt of one track (docs/method.md#protocol)."""
     seconds = plan.data.excerpt_seconds
     duration = track.n_samples / track.sample_rate
     if plan.data.corpus == "musdb18":
@@ -470,7 +470,7 @@ def _finish(plan: _Plan, folder: Path, train_refs: list, test_refs: list, log) -
 
 @dataclasses.dataclass
 class Segment:
-    """T adjacent test frames of one excerpt, the NCA's unit (MATH.md §4, §6).
+    """T adjacent test frames of one excerpt, the NCA's unit (docs/method.md#nca, docs/method.md#protocol).
 
     Attributes:
         track: the test track's name.

@@ -1,4 +1,4 @@
-"""The 30-second test excerpts (MATH.md §6).
+"""The 30-second test excerpts (docs/method.md#protocol).
 
 For MUSDB18 the excerpts are the SiSEC 2018 campaign's published previews
 (:func:`sisec_previews`, shipped as package data, see ``PROVENANCE.md``).
@@ -31,7 +31,7 @@ PREVIEWS_RESOURCE = "musdb18_30s_previews.csv"
 SOURCES = ("sisec2018", "activation-confidence", "whole-track")
 CUTLIST_HEADER = ("track", "start_s", "end_s", "source")
 
-# The cut-list generator's constants (MATH.md §6 steps 1-6).
+# The cut-list generator's constants (docs/method.md#excerpts, steps 1-6).
 FRAME_LENGTH = 4096
 FRAME_HOP = FRAME_LENGTH // 2
 LOWPASS_ORDER = 2
@@ -102,7 +102,7 @@ def _matlab_hann(length: int) -> numpy.ndarray:
 
 
 def activity_envelope(mono: numpy.ndarray) -> numpy.ndarray:
-    """Per-frame activity of one source, MATH.md §6 steps 1-2.
+    """Per-frame activity of one source, docs/method.md#excerpts, steps 1-2.
 
     The signal gets 2048 zeros in front and zeros at the end up to a multiple
     of 4096; frame ``k`` covers padded samples ``[2048 k, 2048 k + 4096)``,
@@ -128,7 +128,7 @@ def activity_envelope(mono: numpy.ndarray) -> numpy.ndarray:
 
 
 def activation_confidence(sources) -> numpy.ndarray:
-    """Summed activation confidence per frame, MATH.md §6 steps 1-5.
+    """Summed activation confidence per frame, docs/method.md#excerpts, steps 1-5.
 
     Args:
         sources: K arrays of the same length, each ``(n,)`` or ``(n, channels)``.
@@ -175,7 +175,7 @@ def _best_window(confidence: numpy.ndarray, width: int) -> int:
 
 
 def activation_confidence_excerpt(sources, sample_rate: int = 44100, seconds: float = 30.0) -> tuple[float, float]:
-    """The ``seconds`` in which all sources are most active (MATH.md §6 steps 1-7).
+    """The ``seconds`` in which all sources are most active (docs/method.md#excerpts, steps 1-7).
 
     Exactly the SiSEC cut-list generator: the summed confidence
     (:func:`activation_confidence`) is scored over windows of

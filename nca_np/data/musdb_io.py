@@ -1,4 +1,4 @@
-"""MUSDB18 on disk: finding, validating and reading its tracks (MATH.md §6).
+"""MUSDB18 on disk: finding, validating and reading its tracks (docs/method.md#protocol).
 
 Two releases share one layout, ``<root>/train`` and ``<root>/test``:
 
@@ -72,7 +72,7 @@ class TrackRef:
 
 @dataclasses.dataclass
 class LoadedTrack:
-    """One track's audio, mono (channels averaged, MATH.md §1.1).
+    """One track's audio, mono (channels averaged, docs/method.md#features).
 
     Attributes:
         name: the track name.
