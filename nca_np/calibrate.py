@@ -18,6 +18,7 @@ import numpy
 from . import backend
 from .kernels import batched_matmul
 from .models import build_model, model_kind
+from .nca import get_strategy
 from .stacked import StackedAdam, StackedModel
 
 
@@ -64,12 +65,10 @@ def training_step_flops(kind: str, *, n_freq: int, batch: int, runs: int) -> flo
 
 
 def nca_iteration_flops(kind: str, strategy: str, *, n_freq: int, frames: int) -> float:
-    """FLOPs of the products of one NCA iteration (docs/gradients.md §12):
-    the student ``2 F²T`` multiply–adds, the compositional ``2L F³ + (3L−1) F²T``."""
-    if strategy == "student":
-        return 2.0 * 2 * n_freq**2 * frames
-    n_layers = model_kind(kind).n_layers
-    return 2.0 * (2 * n_layers * n_freq**3 + (3 * n_layers - 1) * n_freq**2 * frames)
+    """FLOPs of the products of one NCA iteration, as the strategy declares
+    them (docs/gradients.md §12): the student ``2 F²T`` multiply–adds, the
+    compositional ``2L F³ + (3L−1) F²T``."""
+    return get_strategy(strategy).flops(model_kind(kind).n_layers, n_freq, frames)
 
 
 def stacked_step(kind: str, *, runs: int, n_freq: int, batch: int, module, dtype=numpy.float32, seed: int = 0):

@@ -554,6 +554,19 @@ def _one_per_layer(n_layers: int) -> int:
     return n_layers
 
 
+def chain_iteration_flops(n_layers: int, n_freq: int, frames: int) -> float:
+    """FLOPs of the products of one compositional iteration: ``2L F³`` for
+    the ``Z_l`` and ``∂E/∂P_l`` products and ``(3L − 1) F² T`` along the
+    chain, multiply–adds counted twice (docs/gradients.md counts them)."""
+    return 2.0 * (2 * n_layers * n_freq**3 + (3 * n_layers - 1) * n_freq**2 * frames)
+
+
+def student_iteration_flops(n_layers: int, n_freq: int, frames: int) -> float:
+    """FLOPs of one student iteration: ``C X`` and ``S Xᵀ``, ``F² T``
+    multiply–adds each."""
+    return 2.0 * 2 * n_freq**2 * frames
+
+
 @dataclass(frozen=True)
 class Strategy:
     """One NCA strategy, declared once in :data:`STRATEGIES`.
@@ -567,6 +580,9 @@ class Strategy:
             the step.
         equations: where the paper defines it.
         unknowns: ``n_layers -> `` how many (F, F) unknowns it starts from.
+        flops: ``(n_layers, n_freq, frames) ->`` FLOPs of one iteration's
+            matrix products, for time estimates and bounds (the plan,
+            gpucheck); a strategy that does not say is costed as the chain.
     """
 
     name: str
@@ -574,6 +590,7 @@ class Strategy:
     start: Callable
     equations: str = ""
     unknowns: Callable[[int], int] = _one_unknown
+    flops: Callable[[int, int, int], float] = chain_iteration_flops
 
 
 def _start_student(model, X, V, initial, composition) -> _Fitting:
@@ -624,7 +641,8 @@ def register_strategy(strategy: Strategy) -> Strategy:
     return strategy
 
 
-register_strategy(Strategy("student", "NCA student", _start_student, "Eqs. 15–16"))
+register_strategy(Strategy("student", "NCA student", _start_student, "Eqs. 15–16",
+                           flops=student_iteration_flops))
 register_strategy(Strategy("compositional", "NCA compositional", _start_compositional, "Eqs. 17–21",
                            _one_per_layer))
 

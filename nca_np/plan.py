@@ -22,6 +22,7 @@ from .config import config_hash
 from .errors import UserError
 from .experiment import Workspace, open_prepared_cache, training_units
 from .models import model_kind
+from .nca import get_strategy
 from .train import CHECKPOINT, FINAL_MODEL
 
 
@@ -144,12 +145,12 @@ def calibration_seconds(config: dict, *, budget: float = 0.3) -> float:
         step = 3 * layers * product * config["train"]["batch_size"] / frames + 30 * layers * elementwise
         total += timed(calibration_runs(config, module) * step)
         for strategy in config["nca"]["strategies"]:
+            spec = get_strategy(strategy)
+            per_product = spec.flops(layers, n_freq, frames) / (2.0 * n_freq**2 * frames)
+            unknowns = spec.unknowns(layers)
             for n in (6, 2):
-                if strategy == "student":
-                    cost = layers * product + draw + n * (2 * product + 15 * elementwise)
-                else:
-                    cost = (layers * (product + draw + square_product)
-                            + n * layers * (3 * product + square_product + 25 * elementwise))
+                cost = (layers * product + unknowns * (draw + square_product)
+                        + n * (per_product * product + 25 * unknowns * elementwise))
                 total += timed(cost)
     return total
 

@@ -52,7 +52,8 @@ def test_adding_a_kind_or_strategy_leaves_existing_draws_unchanged(monkeypatch):
     before = {(kind, s): experiment.unit_draws(config, kind, s) for kind in kind_names() for s in range(12)}
     monkeypatch.setitem(MODEL_KINDS, DAE3.name, DAE3)
     monkeypatch.setitem(nca.STRATEGIES, "student-again",
-                        nca.Strategy("student-again", "NCA student (again)", nca.STRATEGIES["student"].start))
+                        nca.Strategy("student-again", "NCA student (again)", nca.STRATEGIES["student"].start,
+                                     flops=nca.student_iteration_flops))
     reordered = load_profile(str(PROFILE), ['train.kinds=["sf", "dae3", "dae", "mss-dae"]'])
     after = {(kind, s): experiment.unit_draws(reordered, kind, s) for kind in ("dae", "mss-dae", "sf")
              for s in range(12)}
@@ -77,3 +78,10 @@ def test_a_fourth_kind_runs_through_training_couplings_and_report(dae3, tmp_path
     assert numpy.isfinite(unit["strategies"]["compositional"]["tod_r"])
     text = report.read_text()
     assert "| DAE-3 |" in text and "| DAE |" in text
+
+
+def test_time_estimates_read_each_strategys_declared_cost():
+    from nca_np.calibrate import nca_iteration_flops
+    F, T = 2049, 360
+    assert nca_iteration_flops("dae", "student", n_freq=F, frames=T) == 4.0 * F**2 * T
+    assert nca_iteration_flops("mss-dae", "compositional", n_freq=F, frames=T) == 2.0 * (8 * F**3 + 11 * F**2 * T)
