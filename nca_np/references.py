@@ -12,7 +12,9 @@ matrices the same question has in closed form, to judge its fits against:
 - :func:`local_map`, :func:`local_offset`: the network's exact affine map at
   one frame, ``v = J x + c`` with ``J = D_L W_L ⋯ D_1 W_1`` (Eq. 14 with the
   true ReLU gates ``D_l``);
-- :func:`mean_local_map`: the mean of ``J`` over a segment's frames.
+- :func:`mean_local_map`: the mean of ``J`` over a segment's frames;
+- :func:`ridge_couplings`, :func:`ridge_path`: ``V Xᵀ (X Xᵀ + α σ₁² I)⁻¹``,
+  least squares with a penalty on ``‖C‖_F`` (docs/method.md#ridge-couplings).
 
 Convention as in :mod:`nca_np.nca`: frames are *columns*; ``X`` and ``V``
 (the decoder output: the estimate for DAE and MSS-DAE, the mask for SF) are
@@ -46,8 +48,9 @@ class PseudoInverse:
     Attributes:
         matrix: (T, F) float64 ``X⁺``.
         rank: the number of singular values of ``X`` above
-            ``σ_max · max(F, T) · ε`` (NumPy's ``matrix_rank`` rule); the
-            smaller ones are treated as zero in ``X⁺``.
+            ``σ_max · max(F, T) · ε`` (NumPy's ``matrix_rank`` rule, with
+            ``ε`` of the dtype ``X`` was given in); the smaller ones are
+            treated as zero in ``X⁺``.
         n_freq: F; ``rank < F`` means the student problem ``C X = V`` does
             not determine ``C`` (docs/method.md#exact-references).
     """
@@ -74,11 +77,36 @@ def _check_segment(X, V=None) -> None:
         raise ReferenceError(f"V has shape {tuple(V.shape)} but X has shape {tuple(X.shape)}: both must be (F, T)")
 
 
+def _rank_cutoff(X, largest):
+    """The singular values of ``X`` at or below this count as zero.
+
+    ``σ_max · max(F, T) · ε`` with ``ε`` of ``X``'s own floating dtype (float64's
+    for integer data): the values a float32 segment holds are only known to
+    about 1e-7 of ``σ_max``, so smaller singular values are rounding, even
+    after the cast to float64 (docs/method.md#exact-references).
+    """
+    dtype = X.dtype if numpy.issubdtype(numpy.dtype(X.dtype), numpy.floating) else numpy.float64
+    return largest * max(X.shape) * float(numpy.finfo(dtype).eps)
+
+
+def _svd64(X):
+    """The thin SVD of ``X`` (F, T) in float64 and the rank cutoff of its
+    dtype: ``(U (F, K), s (K,), Wᵀ (K, T), cutoff)``, ``K = min(F, T)``."""
+    xp = backend.array_module(X)
+    U, s, Wt = xp.linalg.svd(_float64(X), full_matrices=False)
+    largest = backend.to_float(s[0]) if s.size else 0.0
+    return U, s, Wt, _rank_cutoff(X, largest)
+
+
 def pseudo_inverse(X) -> PseudoInverse:
     """The Moore–Penrose pseudo-inverse of a segment, by its thin SVD.
 
     .. math::
         X = U Σ Wᵀ,   X⁺ = W_r Σ_r⁻¹ U_rᵀ   (the r singular values kept)
+
+    The rank ``r`` counts the singular values above
+    ``σ_max · max(F, T) · ε(dtype of X)``: a float32 segment is ranked with
+    float32's ε, before the solve is done in float64.
 
     Args:
         X: (F, T) frames as columns.
@@ -88,11 +116,10 @@ def pseudo_inverse(X) -> PseudoInverse:
     """
     _check_segment(X)
     xp = backend.array_module(X)
-    U, s, Wt = xp.linalg.svd(_float64(X), full_matrices=False)
+    U, s, Wt, cutoff = _svd64(X)
     if s.size == 0:
         return PseudoInverse(xp.zeros(X.shape[::-1]), 0, int(X.shape[0]))
-    cutoff = s[0] * max(X.shape) * numpy.finfo(numpy.float64).eps
-    rank = int(backend.to_float((s > cutoff).sum()))
+    rank = int(backend.to_float((s > cutoff).sum())) if cutoff > 0 else 0
     matrix = (Wt[:rank].T / s[:rank]) @ U[:, :rank].T
     return PseudoInverse(matrix, rank, int(X.shape[0]))
 
@@ -148,6 +175,70 @@ def nearest_exact_couplings(X, V, C0, *, pinv: PseudoInverse | None = None):
         raise ReferenceError(f"C0 has shape {tuple(C0.shape)}, not ({X.shape[0]}, {X.shape[0]})")
     C0 = _float64(C0)
     return C0 + (_float64(V) - C0 @ _float64(X)) @ _pinv_of(X, pinv).matrix
+
+
+# ------------------------------------------------------------ ridge
+
+
+def _ridge_factors(s, alpha: float, cutoff: float):
+    """``s / (s² + α σ₁²)`` (K,); at ``α = 0`` the pseudo-inverse's ``1/s``
+    on the singular values above ``cutoff`` and 0 below."""
+    xp = backend.array_module(s)
+    if s.size == 0 or backend.to_float(s[0]) == 0.0:
+        return xp.zeros_like(s)
+    if alpha == 0:
+        kept = s > cutoff
+        return xp.where(kept, 1.0 / xp.where(kept, s, 1.0), 0.0)
+    return s / (s * s + alpha * s[0] * s[0])
+
+
+def ridge_path(X, V, alphas):
+    """Ridge couplings for several ``α`` from one SVD of ``X``.
+
+    .. math::
+        C(α) = V Xᵀ (X Xᵀ + α σ₁² I)⁻¹ = (V W) diag(s / (s² + α σ₁²)) Uᵀ,
+        X = U diag(s) Wᵀ (thin SVD),  σ₁ = s₁
+
+    (docs/method.md#ridge-couplings). ``α`` is in units of ``σ₁(X)²``, so it
+    does not depend on the scale of the features; ``α = 0`` is ``V X⁺``.
+
+    Args:
+        X: (F, T) input frames as columns.
+        V: (F, T) target frames (the decoder output) as columns.
+        alphas: iterable of ``α ≥ 0``.
+
+    Returns:
+        A generator of (F, F) float64 ``C(α)`` in the module of ``X``, in the order of
+        ``alphas``. The SVD costs ``O(F T min(F, T))`` and ``V W`` ``F T K``
+        once; each ``α`` then costs ``F² K`` (``K = min(F, T)``).
+    """
+    _check_segment(X, V)
+    alphas = [float(alpha) for alpha in alphas]
+    for alpha in alphas:
+        if alpha < 0 or not numpy.isfinite(alpha):
+            raise ReferenceError(f"ridge alpha is {alpha}: it must be a finite number >= 0")
+    U, s, Wt, cutoff = _svd64(X)
+    VW = _float64(V) @ Wt.T
+    return ((VW * _ridge_factors(s, alpha, cutoff)) @ U.T for alpha in alphas)
+
+
+def ridge_couplings(X, V, alpha: float):
+    """The ridge couplings ``C = V Xᵀ (X Xᵀ + α σ₁(X)² I)⁻¹``.
+
+    The minimiser of ``‖V − C X‖_F² + α σ₁² ‖C‖_F²``: least squares with a
+    penalty on the size of ``C``, so directions the frames barely cover are
+    not fitted at the price of huge entries (docs/method.md#ridge-couplings).
+    ``α → 0`` tends to ``V X⁺``; ``‖C‖_F`` falls like ``1/α`` for large ``α``.
+
+    Args:
+        X: (F, T) input frames as columns.
+        V: (F, T) target frames as columns.
+        alpha: the penalty in units of ``σ₁(X)²`` (≥ 0).
+
+    Returns:
+        (F, F) float64 in the module of ``X``.
+    """
+    return next(ridge_path(X, V, [alpha]))
 
 
 # ------------------------------------------------------------ local maps

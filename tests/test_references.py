@@ -226,3 +226,73 @@ def test_shape_errors_are_clear():
         references.nearest_exact_couplings(X, V, numpy.eye(5))
     with pytest.raises(references.ReferenceError, match="one frame"):
         references.local_map(build_model("dae", F, dtype=numpy.float64, module=numpy), X)
+
+
+def test_float32_data_is_ranked_with_float32_precision():
+    rng = backend.rng(21)
+    left = rng.normal(size=(40, 5)).astype(numpy.float32)
+    right = rng.normal(size=(5, 30)).astype(numpy.float32)
+    X32 = left @ right  # rank 5, held to float32's precision
+    assert references.pseudo_inverse(X32).rank == 5
+    # the same numbers in float64 keep float64's rule: float32 rounding is then signal
+    assert references.pseudo_inverse(X32.astype(numpy.float64)).rank > 5
+    X64 = left.astype(numpy.float64) @ right.astype(numpy.float64)
+    assert references.pseudo_inverse(X64).rank == 5
+    assert references.pseudo_inverse(X64).matrix.dtype == numpy.float64
+
+
+def ridge_by_solve(X, V, alpha):
+    """``V Xᵀ (X Xᵀ + α σ₁² I)⁻¹`` written out (the matrix is symmetric)."""
+    s1 = numpy.linalg.norm(X, 2)
+    gram = X @ X.T + alpha * s1 ** 2 * numpy.eye(X.shape[0])
+    return numpy.linalg.solve(gram, X @ V.T).T
+
+
+@pytest.mark.parametrize("n_frames", [7, 20])
+@pytest.mark.parametrize("alpha", [1e-3, 0.1, 2.0])
+def test_ridge_couplings_equal_the_normal_equations(n_frames, alpha):
+    X, V = random_segment(F, n_frames, seed=3)
+    C = references.ridge_couplings(X, V, alpha)
+    assert C.shape == (F, F) and C.dtype == numpy.float64
+    numpy.testing.assert_allclose(C, ridge_by_solve(X, V, alpha), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("n_frames", [7, 20])  # underdetermined (T < F) and determined (T > F)
+def test_ridge_tends_to_the_minimum_norm_couplings(n_frames):
+    X, V = random_segment(F, n_frames, seed=4)
+    exact = references.min_norm_couplings(X, V)
+    errors = [numpy.linalg.norm(references.ridge_couplings(X, V, a) - exact) for a in (1e-4, 1e-6, 1e-8)]
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-5 * numpy.linalg.norm(exact), errors
+    numpy.testing.assert_allclose(references.ridge_couplings(X, V, 0.0), exact, atol=1e-10)
+
+
+def test_ridge_of_rank_deficient_frames_tends_to_the_minimum_norm_couplings():
+    X, V = random_segment(F, 5, seed=5)
+    X = numpy.concatenate([X, X[:, :3] * 2.0, numpy.zeros((F, 2))], axis=1)  # rank 5 < T = 10 < F
+    V = numpy.concatenate([V, V[:, :3], V[:, :2]], axis=1)  # inconsistent: no C solves C X = V
+    exact = references.min_norm_couplings(X, V)
+    numpy.testing.assert_allclose(references.ridge_couplings(X, V, 1e-10), exact, atol=1e-6)
+    numpy.testing.assert_allclose(exact, V @ numpy.linalg.pinv(X), atol=1e-10)
+
+
+def test_large_ridge_shrinks_like_one_over_alpha():
+    X, V = random_segment(F, 9, seed=6)
+    norms = [numpy.linalg.norm(references.ridge_couplings(X, V, a)) for a in (1e2, 1e3, 1e4)]
+    assert norms[0] > norms[1] > norms[2] > 0
+    numpy.testing.assert_allclose([norms[0] / norms[1], norms[1] / norms[2]], [10.0, 10.0], rtol=2e-2)
+    s1 = numpy.linalg.norm(X, 2)
+    limit = V @ X.T / (1e4 * s1 ** 2)  # α σ₁² dominates X Xᵀ
+    numpy.testing.assert_allclose(references.ridge_couplings(X, V, 1e4), limit, rtol=1e-3)
+
+
+def test_ridge_path_reuses_one_svd_and_matches_each_alpha():
+    X, V = random_segment(F, 8, seed=8)
+    alphas = [0.0, 1e-4, 1e-1, 3.0]
+    path = list(references.ridge_path(X.astype(numpy.float32), V.astype(numpy.float32), alphas))
+    assert len(path) == 4 and all(C.dtype == numpy.float64 for C in path)
+    for alpha, C in zip(alphas, path):
+        expected = references.ridge_couplings(X.astype(numpy.float32), V.astype(numpy.float32), alpha)
+        numpy.testing.assert_allclose(C, expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(references.ReferenceError, match="alpha is -1.0"):
+        references.ridge_path(X, V, [0.1, -1.0])
+    assert not references.ridge_couplings(numpy.zeros((F, 3)), V[:, :3], 0.1).any()
