@@ -181,8 +181,10 @@ def verdict_within(low: float, high: float, centre: float, half_band: float) -> 
 
 
 def _reason(pairs: dict, stats: dict) -> str:
+    if not pairs["diffs"] and not pairs["dropped"]:
+        return "no segment has units of both sides"
     if not pairs["diffs"]:
-        return f"no segment has both units with usable values ({pairs['dropped']} left out)"
+        return f"all {pairs['dropped']} common segments have unusable (non-finite or non-positive) values"
     if math.isnan(stats["low"]):
         return f"{stats['runs']} run(s): an interval needs at least {MIN_RUNS}"
     return ""

@@ -135,7 +135,9 @@ def test_claim_one_reads_any_measure_and_drops_unusable_values():
     assert rows[0]["dropped"] == 1 and rows[0]["pairs"] == 15
     assert rows[3]["estimate"] == pytest.approx(rows[6]["estimate"])
     missing = claims.claim_sf_least_diagonal(records, [claims.Measure("absent", "references.heldout.tod_r")])
-    assert missing[0]["verdict"] == claims.UNIDENTIFIED and "no segment" in missing[0]["reason"]
+    assert missing[0]["verdict"] == claims.UNIDENTIFIED and "unusable" in missing[0]["reason"]
+    no_sf = claims.claim_sf_least_diagonal([r for r in records if r["kind"] != "sf"])
+    assert no_sf[0]["reason"] == "no segment has units of both sides" and no_sf[0]["pairs"] == 0
 
 
 def test_renderers_show_every_row():
