@@ -212,6 +212,12 @@ class RidgeChoice:
     path: list = field(default_factory=list)
 
 
+def _choice_key(entry: dict) -> tuple[float, float]:
+    """Higher validation SNR first (nan counts as the worst), then larger α."""
+    snr = entry["heldout_snr_db"]
+    return (-math.inf if math.isnan(snr) else snr, entry["alpha"])
+
+
 def cross_validated_ridge(kind: str, fit: Frames, validation: Frames, alphas=DEFAULT_ALPHAS) -> RidgeChoice:
     """Ridge couplings of ``fit`` with ``α`` chosen by SNR on ``validation``
     (docs/method.md#ridge-couplings).
@@ -229,16 +235,17 @@ def cross_validated_ridge(kind: str, fit: Frames, validation: Frames, alphas=DEF
     if fit.X.shape[0] != validation.X.shape[0]:
         raise HeldOutError(f"fitting frames have {fit.X.shape[0]} bins, validation frames {validation.X.shape[0]}")
     xp = backend.array_module(fit.X)
+    alphas = [float(alpha) for alpha in alphas]
+    if not alphas:
+        raise HeldOutError("the ridge path has no alpha")
     best, path = None, []
     for alpha, C in zip(alphas, ridge_path(fit.X, fit.target, alphas)):
-        entry = {"alpha": float(alpha), "in_sample_snr_db": score_on_frames(kind, C, fit)["snr_model_db"],
+        entry = {"alpha": alpha, "in_sample_snr_db": score_on_frames(kind, C, fit)["snr_model_db"],
                  "heldout_snr_db": score_on_frames(kind, C, validation)["snr_model_db"],
                  "tod_r": tod_r(C), "norm": backend.to_float(xp.linalg.norm(C))}
         path.append(entry)
-        if best is None or not entry["heldout_snr_db"] < best[0]["heldout_snr_db"]:
+        if best is None or _choice_key(entry) > _choice_key(best[0]):
             best = (entry, C)
-    if best is None:
-        raise HeldOutError("the ridge path has no alpha")
     entry, C = best
     return RidgeChoice(entry["alpha"], C, entry["in_sample_snr_db"], entry["heldout_snr_db"], path)
 

@@ -138,3 +138,12 @@ def test_frames_must_share_a_shape():
         heldout.Frames(numpy.ones((3, 4)), numpy.ones((3, 4)), numpy.ones((3, 5)))
     with pytest.raises(heldout.HeldOutError, match="no frames"):
         heldout.pool([])
+
+
+def test_ridge_choice_breaks_ties_towards_the_larger_alpha():
+    fit = noisy_linear_network(8, 12, seed=1)
+    silent = heldout.Frames(fit.X, numpy.zeros_like(fit.X), numpy.zeros_like(fit.X))  # every SNR is -inf
+    choice = heldout.cross_validated_ridge("dae", fit, silent, alphas=[1e-3, 1.0, 1e-1])
+    assert choice.alpha == 1.0 and [e["alpha"] for e in choice.path] == [1e-3, 1.0, 1e-1]
+    with pytest.raises(heldout.HeldOutError, match="no alpha"):
+        heldout.cross_validated_ridge("dae", fit, fit, alphas=[])
