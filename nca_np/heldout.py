@@ -37,8 +37,8 @@ from .references import ridge_path
 #: every direction above ``10⁻³ σ₁`` (just above the float32 rank cutoff,
 #: ``max(F, T) ε₃₂ σ₁ ≈ 2.4·10⁻⁴ σ₁`` at F = 2049: below α ≈ 1e-7 ridge only
 #: fits rounding, like ``V X⁺``) to halving even the strongest (α = 1).
-#: Half a decade is finer than the held-out SNR changes over; the range and
-#: the step were fixed before any held-out score was seen.
+#: A step of half a decade changes any direction's weight by at most √10;
+#: the range and the step were fixed before any held-out score was seen.
 DEFAULT_ALPHAS = tuple(float(a) for a in numpy.logspace(-6.0, 0.0, 13))
 
 
