@@ -108,3 +108,22 @@ def test_a_sign_error_in_the_backward_pass_fails_the_tutorials_own_gradient_chec
     with pytest.raises(AssertionError, match="the hand gradients are wrong: relative error 1"):
         run_blocks(broken[:check + 1])
     run_blocks(blocks[:check + 1])  # the blocks as written pass the same check
+
+
+def test_the_ridge_block_states_the_numbers_of_its_formula(monkeypatch):
+    """While nca_np.references has no ridge_couplings, run the ridge block
+    with the formula the tutorial states, C = V Xᵀ (X Xᵀ + α σ₁(X)² I)⁻¹,
+    so that its printed numbers are checked all the same."""
+    if hasattr(references, "ridge_couplings"):
+        pytest.skip("the tutorial runs the real ridge_couplings in the other tests")
+    import numpy
+
+    def ridge_couplings(X, V, alpha):
+        sigma1 = numpy.linalg.norm(X, 2)
+        return numpy.linalg.solve(X @ X.T + alpha * sigma1**2 * numpy.eye(X.shape[0]), X @ V.T).T
+
+    monkeypatch.setattr(references, "ridge_couplings", ridge_couplings, raising=False)
+    blocks = tutorial_blocks()
+    assert [number for number, (_, needs, _) in enumerate(blocks, 1) if needs] != []
+    _, skipped = run_blocks(blocks)
+    assert skipped == []
