@@ -294,7 +294,8 @@ def check_frames(frames, *, n_freq: int | None = None, where: str = "the frames"
     if frames.dtype.kind not in "fiu":
         raise NetworkError(f"{where}: dtype {frames.dtype}: expected real magnitudes")
     if frames.ndim != 2 or 0 in frames.shape:
-        raise NetworkError(f"{where}: shape {tuple(frames.shape)}: expected a non-empty (F, T) array, frames as columns")
+        raise NetworkError(f"{where}: shape {tuple(frames.shape)}: expected a non-empty (F, T) array, "
+                           "frames as columns")
     if n_freq is not None and frames.shape[0] != n_freq:
         hint = " (transposed? save frames as columns: array.T)" if frames.shape[1] == n_freq else ""
         raise NetworkError(f"{where}: shape {tuple(frames.shape)} has {frames.shape[0]} rows but the network "
