@@ -1,5 +1,6 @@
 import os
 import sys
+from pathlib import Path
 
 import numpy
 import pytest
@@ -8,9 +9,18 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from strict_xp import strict  # noqa: E402  (registers the stand-in module)
 
+#: The shipped tiny profile (configs/tiny.toml): the size every whole-pipeline test runs at.
+TINY_PROFILE = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
+
 
 @pytest.fixture(params=["numpy", "strict"])
 def xp_module(request):
     """NumPy, and a stand-in device module whose arrays refuse implicit
     conversion to NumPy: numerical code must pass on both."""
     return numpy if request.param == "numpy" else strict
+
+
+@pytest.fixture
+def tiny_profile() -> Path:
+    """Path of configs/tiny.toml, for tests that run whole pipelines."""
+    return TINY_PROFILE

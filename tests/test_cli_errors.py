@@ -14,7 +14,7 @@ import pytest
 from audio_trees import copy_example_stem, truncate, write_track, write_tree
 
 REPO = Path(__file__).resolve().parent.parent
-PROFILE = Path(__file__).resolve().parent / "tiny_profile.toml"
+PROFILE = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
 
 
 def prepare(workdir, root, *settings, env_changes=None):

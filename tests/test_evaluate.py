@@ -17,7 +17,7 @@ from nca_np.models import build_model
 from nca_np.separate import Separator
 from nca_np.train import FINAL_MODEL, save_state
 
-PROFILE = Path(__file__).resolve().parent / "tiny_profile.toml"
+PROFILE = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
 needs_ffmpeg = pytest.mark.skipif(not musdb_io.ffmpeg_available(), reason="museval and .stem.mp4 need ffmpeg")
 
 

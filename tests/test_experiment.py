@@ -13,7 +13,7 @@ import numpy
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PROFILE = Path(__file__).resolve().parent / "tiny_profile.toml"
+PROFILE = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
 KINDS = ["DAE", "MSS-DAE", "SF"]
 TABLE_FILES = ["tables.json", "table1_tod_r.csv", "table2_snr_model.csv", "table3_snr_true.csv",
                "exact_references.csv", "nca_convergence.csv"]

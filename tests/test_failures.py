@@ -24,7 +24,7 @@ import pytest
 from audio_trees import copy_example_stem, truncate, write_track, write_tree
 
 REPO = Path(__file__).resolve().parent.parent
-PROFILE = Path(__file__).resolve().parent / "tiny_profile.toml"
+PROFILE = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
 #: One run per model: every rerun below takes a few seconds.
 SETTINGS = ("--set", "train.runs=1")
 TABLE_FILES = ["tables.json", "table1_tod_r.csv", "table2_snr_model.csv", "table3_snr_true.csv"]

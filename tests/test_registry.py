@@ -14,7 +14,7 @@ from nca_np.errors import UserError
 from nca_np.models import MODEL_KINDS, ModelKind, build_model, kind_names, model_kind
 from nca_np.report import display_name
 
-PROFILE = Path(__file__).resolve().parent / "tiny_profile.toml"
+PROFILE = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
 DAE3 = ModelKind("dae3", 3, False, "DAE-3", "a three-layer DAE, added by a test")
 
 

@@ -21,7 +21,7 @@ from nca_np.errors import UserError
 from nca_np.separate import Separator, block_plan, output_name, read_mixture, separate_files
 from nca_np.train import FINAL_MODEL, save_state
 
-PROFILE = Path(__file__).resolve().parent / "tiny_profile.toml"
+PROFILE = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
 TINY = StftSettings(sample_rate=44100, window_length=63, n_fft=64, hop=32)
 
 
