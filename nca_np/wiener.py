@@ -12,6 +12,8 @@ only), imported only here.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy
 
 from .errors import UserError
@@ -41,7 +43,9 @@ def filter(mixture_stft, vocals_magnitude, accompaniment_magnitude, iterations: 
     if iterations < 0:
         raise ValueError(f"iterations must be 0 or more, got {iterations}")
     try:
-        import norbert
+        with warnings.catch_warnings():  # norbert imports from scipy's deprecated namespaces
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import norbert
     except ImportError:
         raise UserError("Wiener filtering needs the norbert package: pip install norbert") from None
     mixture_stft = numpy.asarray(mixture_stft)
