@@ -88,7 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--runs", nargs="+", type=int, default=None, help="only these run numbers")
         if name == "reproduce":
             sub.add_argument("--plan", action="store_true",
-                             help="print the work, what is done and a time estimate, without starting")
+                             help="print the work, what is done and a time estimate, without starting (on the "
+                                  "device make reproduce uses unless --device says: the GPU when usable)")
+            sub.add_argument("--no-calibrate", action="store_true",
+                             help="with --plan: estimate from operation counts, without the calibration's minutes")
     _add_separate(commands, common)
     return parser
 
@@ -186,7 +189,9 @@ def run(args) -> int:
         experiment.report_stage(ws, log=_log)
     elif args.plan:
         from .plan import plan
-        print(plan(ws, log=_log))
+        if args.device is None and not os.environ.get(backend.ENV_VAR):
+            backend.use("auto")  # as make reproduce runs it
+        print(plan(ws, calibrate=not args.no_calibrate, log=_log))
         return 0
     else:
         report = experiment.reproduce(ws, musdb_root=args.musdb_root, shard=shard, progress=progress, log=_log)
