@@ -69,10 +69,6 @@ class AudioReadError(UserError):
     """An input file that cannot be read as audio."""
 
 
-class OutputError(UserError):
-    """The output folder cannot be written."""
-
-
 # ---------------------------------------------------------------- the run
 
 
@@ -478,6 +474,8 @@ def prepare_output(out_dir) -> Path:
             (the command line says so in one line, exit status 74).
     """
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():  # mkdir would say EEXIST, which names no remedy
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
     if not os.access(out_dir, os.W_OK | os.X_OK):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(out_dir))

@@ -274,6 +274,8 @@ def test_unwritable_output_folder_gives_one_clear_line_and_no_file(identity_run,
     in_the_way.write_text("not a folder")
     code, _, err = run_cli(capsys, source, "--run", identity_run, "--out", in_the_way / "out")
     assert_one_clear_line(code, err, f"cannot use {in_the_way / 'out'}", "is a file, not a folder", exit_status=74)
+    code, _, err = run_cli(capsys, source, "--run", identity_run, "--out", in_the_way)
+    assert_one_clear_line(code, err, f"cannot use {in_the_way}", "is a file, not a folder", exit_status=74)
     assert in_the_way.read_text() == "not a folder"
     if os.geteuid() != 0:  # root writes anywhere: permissions can only be tried as another user
         locked = tmp_path / "locked"
