@@ -115,7 +115,7 @@ SEPARATE_HELP = "write the vocals and the accompaniment of audio files, separate
 
 
 def _add_separate(commands, common) -> None:
-    """``nca-np separate AUDIO… [--run RUN] [--kind KIND] [--out DIR] [--mono] [--wiener-iterations N] [--figure]``."""
+    """``nca-np separate AUDIO… [--run RUN] [--kind KIND] [--out DIR] [--mono] [--wiener-iterations N]``…"""
     sub = commands.add_parser(
         "separate", parents=[common], help=SEPARATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
         description=SEPARATE_HELP + ".\n\n"

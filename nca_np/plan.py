@@ -20,7 +20,6 @@ probes of a few milliseconds and an operation count per step and iteration
 
 from __future__ import annotations
 
-import hashlib
 import json
 import socket
 import sys

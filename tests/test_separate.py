@@ -318,7 +318,8 @@ def test_each_channel_gets_the_mask_of_the_mono_estimate(kind, tmp_path):
     numpy.testing.assert_allclose(vocals + accompaniment, audio, rtol=0, atol=1e-6)
     settings = separator.settings
     spectrum = stft(to_mono(audio), settings)
-    estimate = separator.scaler.inverse_transform(separator.model.predict(separator.scaler.transform(numpy.abs(spectrum))))
+    features = separator.scaler.transform(numpy.abs(spectrum))
+    estimate = separator.scaler.inverse_transform(separator.model.predict(features))
     mask = numpy.clip(estimate / numpy.abs(spectrum), 0, 1)
     assert 0.05 < mask.mean() < 0.95  # a mask that is neither all-pass nor all-stop
     for channel in range(2):
