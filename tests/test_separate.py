@@ -96,6 +96,17 @@ def test_blocks_give_the_whole_file_result(kind):
         numpy.testing.assert_allclose(blocked, whole, rtol=0, atol=1e-6 * numpy.abs(whole).max())
 
 
+@pytest.mark.parametrize("kind", ["dae", "sf"])
+def test_blocks_give_the_whole_file_result_on_every_channel(kind):
+    mixture = noise(0.4, channels=2, seed=1)
+    separator = Separator(build_model(kind, TINY.n_freq, seed=3, module=numpy), fitted_scaler(TINY), TINY, None)
+    whole = separator.vocals(mixture, block_frames=10**9)
+    assert whole.shape == mixture.shape and numpy.abs(whole).max() > 1e-3
+    for block_frames in (1, 7):
+        blocked = separator.vocals(mixture, block_frames=block_frames)
+        numpy.testing.assert_allclose(blocked, whole, rtol=0, atol=1e-6 * numpy.abs(whole).max())
+
+
 def test_identity_model_gives_back_the_mixture():
     mixture = noise(0.7, seed=2)
     for kind in ("sf", "dae"):
