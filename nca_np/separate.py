@@ -596,8 +596,9 @@ def _separate_one(path: Path, name: str, separator: Separator, out_dir: Path, op
                            true_vocals=true_vocals_of(path, rate, mixture.shape[0]), title=path.name)
     if log:
         channels = "mono" if mixture.ndim == 1 else f"{mixture.shape[1]} channels"
-        wiener = f", Wiener filter {options.wiener_iterations} iteration(s)" if options.wiener_iterations and \
-            mixture.ndim == 2 else ""
+        wiener = "" if not options.wiener_iterations else (
+            f", Wiener filter {options.wiener_iterations} iteration(s)" if mixture.ndim == 2
+            else ", no Wiener filter: it needs several channels")
         log(f"{path.name}: {mixture.shape[0] / rate:.1f} s at {rate} Hz ({channels}{wiener}) separated by the "
             f"{separator.kind} model {separator.source.parent} into {folder}/{{{','.join(OUTPUTS)}}}.wav")
     return folder
