@@ -300,11 +300,13 @@ class Separator:
                             for c in range(piece.shape[1])], axis=-1)
 
     def separate(self, mixture, sample_rate: int, *, progress: bool = False, desc: str = "separate",
-                 log=None, wiener_iterations: int = 0) -> tuple[numpy.ndarray, numpy.ndarray]:
+                 log=None, wiener_iterations: int = 0, in_place: bool = False) -> tuple[numpy.ndarray, numpy.ndarray]:
         """Vocals and accompaniment of a mono ``(n,)`` or ``(n, C)`` signal at any sample rate.
 
         A rate other than the run's is resampled there and back with
-        ``scipy.signal.resample_poly`` (said once through ``log``).
+        ``scipy.signal.resample_poly`` (said once through ``log``). With
+        ``in_place`` the accompaniment is written over ``mixture`` (a float32
+        array the caller no longer needs), saving a signal's worth of memory.
 
         Returns:
             ``(vocals, accompaniment)``, each shaped like ``mixture``,
@@ -322,7 +324,7 @@ class Separator:
                     f"(scipy.signal.resample_poly, up {up}, down {down})")
             inner = self.vocals(_resample(mixture, up, down), **options)
             vocals = _resample(inner, down, up)[:mixture.shape[0]]
-        return vocals, mixture - vocals
+        return vocals, numpy.subtract(mixture, vocals, out=mixture if in_place else None)
 
 
 def soft_mask(estimate: numpy.ndarray, mixture_magnitude: numpy.ndarray) -> numpy.ndarray:
@@ -518,14 +520,12 @@ def write_outputs(folder: Path, vocals: numpy.ndarray, accompaniment: numpy.ndar
     Raises:
         OSError: a write failed (full disk, file size limit …), naming the file.
     """
-    import soundfile
-
     paths = [folder / f"{name}.wav" for name in OUTPUTS]
     with contextlib.ExitStack() as stack:
         for path, samples in zip(paths, (vocals, accompaniment)):
             guarded = _Guarded(stack.enter_context(atomic_open(path, "wb")))
             try:
-                soundfile.write(guarded, samples, int(sample_rate), format="WAV", subtype="FLOAT")
+                _write_wav(guarded, samples, sample_rate)
             except (AssertionError, RuntimeError) as exc:  # a short write, as soundfile reports it
                 if guarded.error is None:
                     raise
@@ -533,6 +533,18 @@ def write_outputs(folder: Path, vocals: numpy.ndarray, accompaniment: numpy.ndar
             if guarded.error is not None:
                 raise OSError(guarded.error.errno, guarded.error.strerror, str(path))
     return paths
+
+
+def _write_wav(handle, samples: numpy.ndarray, sample_rate: int) -> None:
+    """A 32-bit float WAV of ``(n,)`` or ``(n, C)`` samples, written in pieces
+    of :data:`_READ_SAMPLES` frames (soundfile hands the file a copy of all it
+    is given at once: pieces keep that copy small)."""
+    import soundfile
+
+    channels = 1 if samples.ndim == 1 else samples.shape[1]
+    with soundfile.SoundFile(handle, "w", int(sample_rate), channels, format="WAV", subtype="FLOAT") as wav:
+        for start in range(0, samples.shape[0], _READ_SAMPLES):
+            wav.write(samples[start:start + _READ_SAMPLES])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -586,7 +598,8 @@ def _separate_one(path: Path, name: str, separator: Separator, out_dir: Path, op
     if mixture.ndim == 2 and mixture.shape[1] == 1:
         mixture = mixture[:, 0]  # a mono file is separated on the mono path and written mono
     vocals, accompaniment = separator.separate(mixture, rate, progress=progress, desc=path.name, log=log,
-                                               wiener_iterations=options.wiener_iterations)
+                                               wiener_iterations=options.wiener_iterations,
+                                               in_place=not options.figure)  # the figure draws the mixture
     folder = prepare_output(out_dir / name)
     write_outputs(folder, vocals, accompaniment, rate)
     if options.figure:
