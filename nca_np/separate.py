@@ -21,8 +21,8 @@ One input file becomes two output files with the input's channels:
    32-bit float at the input's length and sample rate, both or neither.
 
 Blocks. Steps 3–5 run over blocks of ``block_frames`` STFT frames, so
-memory holds the signal, its two estimates and one block, never the whole
-spectrogram. A block is computed from the frames it needs plus
+memory holds the signal, its vocal estimate and one block, never the whole
+spectrogram (the accompaniment then takes the signal's place). A block is computed from the frames it needs plus
 ``ceil(half window / hop)`` context frames on each side, read from the
 samples those frames cover plus as much again; every output sample it keeps
 then receives the same frames, windows and normalisation as in one pass
