@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  nca-np reproduce --plan                what the paper's protocol needs, and how long\n"
                "  nca-np train --device gpu --shard 0/4  a quarter of the trainings, on the GPU\n\n"
                "Run `nca-np COMMAND --help` for the options of a command.")
+    parser.add_argument("--version", action="version", version=f"nca_np {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = _common_options()
     for name, text in STAGE_HELP.items():
@@ -87,45 +88,77 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--runs", nargs="+", type=int, default=None, help="only these run numbers")
         if name == "reproduce":
             sub.add_argument("--plan", action="store_true",
-                             help="print the work, what is done and a time estimate, without starting")
+                             help="print the work, what is done and a time estimate, without starting (on the "
+                                  "device make reproduce uses unless --device says: the GPU when usable)")
+            sub.add_argument("--no-calibrate", action="store_true",
+                             help="with --plan: estimate from operation counts, without the calibration's minutes")
     _add_separate(commands, common)
     return parser
+
+
+def package_version() -> str:
+    """The installed package's version; from a source tree, setup.cfg's."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("nca_np")
+    except metadata.PackageNotFoundError:
+        import configparser
+
+        setup = configparser.ConfigParser()
+        setup.read(Path(__file__).resolve().parent.parent / "setup.cfg", encoding="utf-8")
+        from . import __version__
+        return setup.get("metadata", "version", fallback=__version__)
 
 
 SEPARATE_HELP = "write the vocals and the accompaniment of audio files, separated by a trained run"
 
 
 def _add_separate(commands, common) -> None:
-    """``nca-np separate AUDIO… [--run RUN_DIR | --kind KIND] [--out DIR]``."""
+    """``nca-np separate AUDIO… [--run RUN] [--kind KIND] [--out DIR] [--mono] [--wiener-iterations N]``…"""
     sub = commands.add_parser(
         "separate", parents=[common], help=SEPARATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
         description=SEPARATE_HELP + ".\n\n"
-                    "OUT/<name>/vocals.wav is the model's magnitude estimate through the inverse STFT with the\n"
-                    "mixture's phase; OUT/<name>/accompaniment.wav is the mixture minus that estimate. Both are\n"
-                    "mono (the channels averaged, as the models were trained), 32-bit float, at the input's\n"
-                    "length and sample rate (another rate than the model's is resampled there and back).",
+                    "The model sees the channel average; its estimate becomes a soft mask applied to every channel's\n"
+                    "STFT (optionally refined by a multichannel Wiener filter), so OUT/<name>/vocals.wav has the\n"
+                    "input's channels; OUT/<name>/accompaniment.wav is the mixture minus it. Both are 32-bit float,\n"
+                    "at the input's length and sample rate (another rate is resampled there and back). Without\n"
+                    "--run, --profile or --set, the runs are those of the last training in the work folder.",
         epilog="examples:\n"
-               "  nca-np separate song.flac --profile demo    the first finished run of the profile's first model\n"
-               "  nca-np separate a.wav b.stem.mp4 --kind sf --out separated\n"
-               "  nca-np separate song.wav --run runs/paper-0123abcd/dae/run_03")
+               "  nca-np separate song.flac                   the runs of the last `train`/`reproduce` here\n"
+               "  nca-np separate a.wav b.stem.mp4 --kind sf --wiener-iterations 1\n"
+               "  nca-np separate song.wav --run runs/paper-0123abcd/dae/run_03\n"
+               "  nca-np separate song.wav --run results/demo-latest --kind mss-dae --figure")
+    sub.set_defaults(profile=None)  # None: the last training of the work folder, see _separate
     sub.add_argument("audio", nargs="+", type=Path, metavar="AUDIO",
                      help="files soundfile reads (wav, flac, ogg, mp3 …) or MUSDB18 .stem.mp4 files")
-    which = sub.add_mutually_exclusive_group()
-    which.add_argument("--run", type=Path, default=None, metavar="RUN_DIR",
-                       help="a finished run folder (holding model.npz), e.g. runs/<profile>-<hash>/sf/run_00")
-    which.add_argument("--kind", choices=kind_names(), default=None,
-                       help="the first finished run of this model in the work folder, for --profile and "
-                            "--set (default: the profile's first model)")
+    sub.add_argument("--run", type=Path, default=None, metavar="RUN",
+                     help="a run folder (runs/<profile>-<hash>/<kind>/run_NN), a training folder "
+                          "(runs/<profile>-<hash>) or a report folder (results/<profile>-<hash> or -latest)")
+    sub.add_argument("--kind", choices=kind_names(), default=None,
+                     help="the first finished run of this model (default: the configuration's first model)")
     sub.add_argument("--out", type=Path, default=Path("separated"),
                      help="folder of the results, one sub-folder per input (default: ./separated)")
+    sub.add_argument("--mono", action="store_true", help="average the channels and write mono files")
+    sub.add_argument("--wiener-iterations", type=int, default=0, metavar="N",
+                     help="multichannel Wiener filter iterations on the estimates (norbert); 0: none (default)")
+    sub.add_argument("--figure", action="store_true",
+                     help="also write spectrograms.png (mixture, estimate, true vocals where known)")
 
 
 def _separate(args, ws, progress) -> None:
-    from .separate import Separator, find_run, separate_files
+    from .separate import Options, Separator, find_run, last_trained_run, resolve_run, separate_files
 
-    run = args.run if args.run is not None else find_run(ws.runs_dir, args.kind or ws.config["train"]["kinds"][0])
+    if args.run is not None:
+        run = resolve_run(args.run, args.kind)
+    elif args.profile is None and not args.overrides and not os.environ.get("NCA_NP_PROFILE"):
+        run = last_trained_run(ws.root, args.kind)
+        _log(f"using {run}: the newest training in {ws.root / 'runs'} (--run, --profile or --set choose another)")
+    else:
+        run = find_run(ws.runs_dir, args.kind or ws.config["train"]["kinds"][0])
     separator = Separator.from_run(run, module=backend.xp())
-    separate_files(args.audio, separator, args.out, progress=progress, log=_log)
+    options = Options(mono=args.mono, wiener_iterations=args.wiener_iterations, figure=args.figure)
+    separate_files(args.audio, separator, args.out, options=options, progress=progress, log=_log)
 
 
 def _log(line: str) -> None:
@@ -133,7 +166,7 @@ def _log(line: str) -> None:
 
 
 def run(args) -> int:
-    config = load_profile(args.profile, args.overrides)
+    config = load_profile(args.profile or os.environ.get("NCA_NP_PROFILE", "paper"), args.overrides)
     backend.use(args.device)
     ws = experiment.Workspace(args.workdir.resolve(), config, tuple(args.overrides))
     progress = not args.quiet and sys.stderr.isatty()
@@ -156,7 +189,9 @@ def run(args) -> int:
         experiment.report_stage(ws, log=_log)
     elif args.plan:
         from .plan import plan
-        print(plan(ws, log=_log))
+        if args.device is None and not os.environ.get(backend.ENV_VAR):
+            backend.use("auto")  # as make reproduce runs it
+        print(plan(ws, calibrate=not args.no_calibrate, log=_log))
         return 0
     else:
         report = experiment.reproduce(ws, musdb_root=args.musdb_root, shard=shard, progress=progress, log=_log)
