@@ -53,8 +53,9 @@ def _common_options() -> argparse.ArgumentParser:
     common.add_argument("--workdir", type=Path, default=Path("."),
                         help="folder holding data/, cache/, runs/, couplings/, results/ (default: .)")
     common.add_argument("--device", choices=["cpu", "gpu", "auto"], default=None,
-                        help="compute on the CPU (NumPy), the GPU (CuPy), or the GPU when one is usable "
-                             "(auto); default: $NCA_NP_BACKEND or cpu")
+                        help="compute on the CPU (NumPy), the GPU (CuPy), or auto: the GPU, and the CPU only "
+                             "when no GPU is visible (a GPU CuPy cannot use is an error); "
+                             "default: $NCA_NP_BACKEND or cpu")
     common.add_argument("--quiet", action="store_true", help="no progress bars; one log line per unit")
     return common
 
@@ -133,8 +134,9 @@ def _log(line: str) -> None:
 
 
 def run(args) -> int:
-    config = load_profile(args.profile, args.overrides)
     backend.use(args.device)
+    print(backend.device_line(), flush=True)  # first, so a run on the CPU is never silent
+    config = load_profile(args.profile, args.overrides)
     ws = experiment.Workspace(args.workdir.resolve(), config, tuple(args.overrides))
     progress = not args.quiet and sys.stderr.isatty()
     shard = experiment.Shard.parse(getattr(args, "shard", None))

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import numpy
 
+from . import backend
 from .backend import array_module
 
 #: CUDA definitions of the helper functions kernel sources may call. ``relu``
@@ -314,12 +315,8 @@ def gemm_arguments(a_shape, a_strides, b_shape, b_strides, out_shape, out_stride
 
 
 def tf32_enabled() -> bool:
-    """Whether float32 products may use TF32 tensor cores: CuPy's own rule
-    (``CUPY_TF32`` > 0); ``NVIDIA_TF32_OVERRIDE=0`` forbids them everywhere."""
-    try:
-        return int(os.environ.get("CUPY_TF32", "0")) > 0
-    except ValueError:
-        return False
+    """Whether float32 products may use TF32 tensor cores (:func:`nca_np.backend.tf32_enabled`)."""
+    return backend.tf32_enabled()
 
 
 def _cublas_batched(module, a, b, transpose_a, transpose_b, out):
