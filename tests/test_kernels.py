@@ -197,3 +197,19 @@ def test_batched_matmul_refuses_matrices_without_contiguous_rows():
     W = numpy.zeros((2, 4, 4))
     with pytest.raises(ValueError, match="contiguous rows"):
         kernels.gemm_arguments((3, 4), (8, 8 * 3), W.shape, W.strides, (2, 3, 4), (96, 32, 8), 8)
+
+
+@pytest.mark.parametrize("operand", ["a", "b"])
+def test_batched_matmul_refuses_stacks_of_another_batch_size(operand):
+    """A 2-run operand for a 3-run output: NumPy's matmul raises, and cuBLAS
+    would read a third matrix past the end of the operand."""
+    a_shape = (2, 3, 4) if operand == "a" else (3, 3, 4)
+    b_shape = (2, 4, 5) if operand == "b" else (3, 4, 5)
+    a, b, out = numpy.zeros(a_shape), numpy.zeros(b_shape), numpy.zeros((3, 3, 5))
+    with pytest.raises(ValueError):
+        numpy.matmul(a, b, out=out)
+    with pytest.raises(ValueError, match=f"a stack of 2 matrices .* for 3 outputs"):
+        kernels.gemm_arguments(a.shape, a.strides, b.shape, b.strides, out.shape, out.strides, 8)
+    shared = numpy.zeros((3, 4))  # a 2-D operand is shared by every run: no batch to check
+    assert kernels.gemm_arguments(shared.shape, shared.strides, (3, 4, 5), (160, 40, 8), out.shape, out.strides,
+                                  8)["batch"] == 3
