@@ -107,3 +107,70 @@ def nca_iteration_seconds(kind: str, strategy: str, *, n_freq: int, frames: int,
         return lambda: fit_couplings(model, segment, strategy, iterations=iterations, composition=composition)
     long, short = (seconds_per_call(fit(n), module, budget=budget) for n in (6, 2))
     return max(long - short, 0.0) / 4
+
+
+#: Nominal dense rates of NVIDIA GPUs in FLOP/s, (float32, TF32 tensor
+#: cores), by a part of the name CuPy reports, most specific first; from
+#: NVIDIA's data sheets (A100: SXM 40/80 GB; H100/H200: SXM; L40S, L4, A10:
+#: PCIe), without structured sparsity.
+NOMINAL_PEAKS = (
+    ("H100 PCIe", (51.2e12, 378e12)),
+    ("H100 NVL", (60e12, 418e12)),
+    ("H100", (66.9e12, 494.7e12)),
+    ("H200", (66.9e12, 494.7e12)),
+    ("GH200", (66.9e12, 494.7e12)),
+    ("A100", (19.5e12, 156e12)),
+    ("L40S", (91.6e12, 183e12)),
+    ("L40", (90.5e12, 90.5e12)),
+    ("L4", (30.3e12, 60e12)),
+    ("A10", (31.2e12, 62.5e12)),
+    ("V100", (15.7e12, None)),
+)
+
+
+def nominal_peaks(device_name: str) -> tuple[float | None, float | None]:
+    """(float32, TF32) nominal FLOP/s of a GPU by name; (None, None) when unknown."""
+    for part, peaks in NOMINAL_PEAKS:
+        if part.lower() in device_name.lower():
+            return peaks
+    return None, None
+
+
+def memory_bandwidth(module) -> float | None:
+    """The device's nominal memory bandwidth in bytes/s: memory clock × bus
+    width × 2 (double data rate), from CUDA's device attributes; None on NumPy."""
+    if not hasattr(module, "cuda"):
+        return None
+    props = module.cuda.runtime.getDeviceProperties(module.cuda.Device().id)
+    return props["memoryClockRate"] * 1e3 * props["memoryBusWidth"] / 8 * 2
+
+
+def step_products_seconds(kind: str, *, runs: int, n_freq: int, batch: int, module, dtype=numpy.float32,
+                          budget: float = 0.3) -> float:
+    """Seconds of a stacked step's matrix products alone, as plain batched
+    products of the same shapes: per layer ``X Wᵀ``, ``δzᵀ X`` and, above
+    the first, ``δz W``."""
+    depth = model_kind(kind).n_layers
+    x = _uniform(module, (batch, n_freq), dtype)
+    a = _uniform(module, (runs, batch, n_freq), dtype, seed=2)
+    W = _uniform(module, (runs, n_freq, n_freq), dtype, seed=1)
+    out_act = module.empty((runs, batch, n_freq), dtype=dtype)
+    out_w = module.empty((runs, n_freq, n_freq), dtype=dtype)
+
+    def products():
+        for layer in range(depth):
+            batched_matmul(x if layer == 0 else a, W, transpose_b=True, out=out_act)
+            batched_matmul(a, x if layer == 0 else a, transpose_a=True, out=out_w)
+            if layer > 0:
+                batched_matmul(a, W, out=out_act)
+    return seconds_per_call(products, module, budget=budget)
+
+
+def elementwise_step_bytes(kind: str, *, runs: int, n_freq: int, batch: int, itemsize: int = 4) -> float:
+    """Bytes the elementwise work of a stacked step moves at least: Adam reads
+    θ, ∇, m, v and writes θ, m, v (7 per parameter); per layer the bias and
+    ReLU (read, write), the bias gradient (read) and the ReLU gate (read 2,
+    write): 6 passes over the (R, B, F) activations; the gather writes 2 B F."""
+    depth = model_kind(kind).n_layers
+    params = 2 * depth * (n_freq**2 + n_freq)
+    return itemsize * runs * (7 * params + 6 * depth * batch * n_freq) + itemsize * 2 * batch * n_freq

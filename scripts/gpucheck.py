@@ -40,7 +40,7 @@ sys.path.insert(0, HERE)
 
 from nca_np import backend, calibrate, kernels  # noqa: E402
 from nca_np.frames import ArrayFrames, DeviceFrames  # noqa: E402
-from nca_np.models import build_model, kind_names  # noqa: E402
+from nca_np.models import build_model, kind_names, model_kind  # noqa: E402
 from nca_np.nca import fit_couplings, strategy_names  # noqa: E402
 from nca_np.optim import Adam  # noqa: E402
 from nca_np.stacked import StackedAdam, StackedModel  # noqa: E402
@@ -54,6 +54,10 @@ SIZES = {"paper": dict(n_freq=2049, batch=64, runs=10, frames=360, budget=0.5),
          "small": dict(n_freq=33, batch=16, runs=3, frames=24, budget=0.02)}
 #: Thresholds on the largest relative difference from NumPy.
 FLOAT64_THRESHOLD, FLOAT32_THRESHOLD = 1e-10, 1e-5
+#: Unit roundoffs: float32, and TF32's inputs (10 explicit mantissa bits).
+UNIT_FLOAT32, UNIT_TF32 = 2.0**-24, 2.0**-11
+#: Sizes of the float32 comparisons: the paper's F; --quick (the tests) a smaller one.
+FLOAT32_SIZES = {"paper": dict(n_freq=2049, batch=16, frames=24), "quick": dict(n_freq=257, batch=16, frames=24)}
 
 
 class Checks:
@@ -164,6 +168,125 @@ def nca_checks(checks: Checks, module) -> None:
                          relative_error(fits[1].C, backend.to_host(fits[0].C)), FLOAT64_THRESHOLD)
 
 
+def product_bound(n_products: int, inner: int, tf32: bool) -> float:
+    """The normwise bound of docs/gpu.md#float32-bounds on a float32 result
+    against float64: each of ``n_products`` chained products of inner
+    dimension K adds at most γ_K ≈ K u (float32 accumulation) and, with
+    TF32, 2 u_tf32 (its rounded inputs), relative to its operands' size."""
+    per_product = inner * UNIT_FLOAT32 + (2 * UNIT_TF32 if tf32 else 2 * UNIT_FLOAT32)
+    return n_products * per_product
+
+
+def float32_step_checks(checks: Checks, module, *, n_freq: int, batch: int, tf32: bool) -> None:
+    """One stacked training step in float32 (TF32 when asked) against the
+    same step in float64 on NumPy from the same float32 weights and batch:
+    every run's loss and gradient (docs/gpu.md#float32-bounds)."""
+    label = "TF32" if tf32 else "float32"
+    X = _random((batch, n_freq), 31, numpy.float32)
+    Y = _random((batch, n_freq), 32, numpy.float32)
+    for kind in kind_names():
+        device = StackedModel.build(kind, n_freq, SEEDS, dtype=numpy.float32, module=module)
+        host = StackedModel(kind, n_freq, backend.to_host(device.flat).astype(numpy.float64))
+        results = []
+        for stack, x, y, dtype in ((device, backend.to_device(X, module), backend.to_device(Y, module), numpy.float32),
+                                   (host, X.astype(numpy.float64), Y.astype(numpy.float64), numpy.float64)):
+            xp = stack.module
+            grads, squared = xp.zeros_like(stack.flat), xp.zeros(len(SEEDS), dtype=numpy.float64)
+            stack.loss_and_grads(x, y, grads, squared)
+            results.append((backend.to_host(grads), backend.to_host(squared)))
+        depth = model_kind(kind).n_layers
+        bound = product_bound(3 * depth - 1, n_freq, tf32)
+        grad_error = max(normwise_error(results[0][0][r], results[1][0][r]) for r in range(len(SEEDS)))
+        loss_error = relative_error(results[0][1], results[1][1])
+        checks.error(f"{label} training step, {kind} ×{len(SEEDS)} at F = {n_freq}: gradients", grad_error, bound)
+        checks.error(f"{label} training step, {kind} ×{len(SEEDS)} at F = {n_freq}: losses", loss_error,
+                     product_bound(depth, n_freq, tf32))
+
+
+def float32_nca_checks(checks: Checks, module, *, n_freq: int, frames: int, tf32: bool) -> None:
+    """Each NCA strategy's loss and gradients at its initial draws, float32
+    (TF32 when asked) against float64 on NumPy, on every model."""
+    from nca_np.nca import get_strategy, initial_draws
+
+    label = "TF32" if tf32 else "float32"
+    segment = _random((n_freq, frames), 33, numpy.float32, 0.1, 2.0)
+    for kind in kind_names():
+        device_model = build_model(kind, n_freq, seed=0, dtype=numpy.float32, module=module)
+        host_model = build_model(kind, n_freq, seed=0, dtype=numpy.float64, module=numpy)
+        for mine, theirs in zip(device_model.params, host_model.params):
+            theirs[...] = backend.to_host(mine)  # the same (float32) weights
+        depth = model_kind(kind).n_layers
+        for strategy in strategy_names():
+            draws = initial_draws(strategy, n_freq, depth, seed=0)
+            outcome = []
+            for model, dtype in ((device_model, numpy.float32), (host_model, numpy.float64)):
+                xp = backend.array_module(model.params[0])
+                X = backend.to_device(segment.astype(dtype), xp)
+                V = model.decoder_output(X.T).T
+                initial = [backend.to_device(numpy.asarray(d, dtype=numpy.float32).astype(dtype), xp) for d in draws]
+                fitting = get_strategy(strategy).start(model, X, V, initial, "paper")
+                loss, grads = fitting.loss_and_grads()
+                outcome.append((backend.to_float(loss), [backend.to_host(g) for g in grads]))
+            n_products = max(1, round(get_strategy(strategy).flops(depth, n_freq, frames) / (2.0 * n_freq**2 * frames)))
+            error = max(normwise_error(g32, g64) for g32, g64 in zip(outcome[0][1], outcome[1][1]))
+            checks.error(f"{label} NCA {strategy}, {kind} at F = {n_freq}: gradients", error,
+                         product_bound(n_products, n_freq, tf32))
+
+
+def stacked_adam_paper_runs(checks: Checks, module, runs: int = 10) -> None:
+    """The fused Adam at the paper's R = 10 (its step-size column broadcast
+    over a 2-D launch), float32, against each run's float64 update."""
+    seeds = list(range(runs))
+    rates = [10.0**-(2 + r / 3) for r in range(runs)]
+    device = StackedModel.build("dae", CHECK_FREQ, seeds, dtype=numpy.float32, module=module)
+    host = [StackedModel(device.kind, CHECK_FREQ, backend.to_host(device.flat)[r : r + 1].astype(numpy.float64))
+            for r in range(runs)]
+    fused = StackedAdam(device, lr=rates)
+    plain = [StackedAdam(stack, lr=[rate]) for stack, rate in zip(host, rates)]
+    for step in range(5):
+        grads = _random(device.flat.shape, 40 + step, numpy.float32, -1.0, 1.0)
+        fused.step(backend.to_device(grads, module))
+        for r, adam in enumerate(plain):
+            adam.step(grads[r : r + 1].astype(numpy.float64))
+    mine = backend.to_host(device.flat)
+    error = max(normwise_error(mine[r], host[r].flat[0]) for r in range(runs))
+    checks.error(f"fused Adam at R = {runs} runs (one step size each), float32", error, FLOAT32_THRESHOLD)
+
+
+def large_gather_check(checks: Checks, module) -> None:
+    """The gather from a float16 store of more than 2³¹ elements (64-bit
+    indexing), where the device has room for it; one line either way."""
+    n_freq = 2049
+    frames = 2**31 // n_freq + 64
+    needed = 2 * frames * n_freq * 2 + 2**30
+    free = backend.free_device_bytes(module)
+    if free is None or free < needed:
+        where = "on the CPU" if free is None else f"{free / 2**30:.1f} GiB free"
+        print(f"SKIP  batch gather from a float16 store above 2^31 elements: needs {needed / 2**30:.1f} GiB "
+              f"on a GPU ({where})")
+        return
+    mixture = module.empty((frames, n_freq), dtype=numpy.float16)
+    vocals = module.empty((frames, n_freq), dtype=numpy.float16)
+    rows_host = numpy.array([0, frames // 2, frames - 2, frames - 1], dtype=numpy.int64).reshape(-1, 1)
+    expected = []
+    for row in rows_host[:, 0]:  # distinct values in the rows read, written from the host
+        line = (_random((1, n_freq), int(row) % 1000, numpy.float32) * 4).astype(numpy.float16)
+        mixture[int(row)] = backend.to_device(line, module)
+        vocals[int(row)] = backend.to_device(line[:, ::-1].copy(), module)
+        expected.append(line)
+    x = module.empty((4, n_freq), dtype=numpy.float32)
+    y = module.empty((4, n_freq), dtype=numpy.float32)
+    kernels.gather_rows(mixture, vocals, backend.to_device(rows_host, module),
+                        backend.to_device(numpy.arange(n_freq, dtype=numpy.int64).reshape(1, -1), module), x, y)
+    want = numpy.concatenate(expected).astype(numpy.float32)
+    worst = max(float(numpy.abs(backend.to_host(x) - want).max()),
+                float(numpy.abs(backend.to_host(y) - want[:, ::-1]).max()))
+    checks.record(f"batch gather from a float16 store of {frames * n_freq / 2**31:.2f}·2^31 elements "
+                  "(64-bit indexing)", worst == 0.0, f"largest difference {worst:.1e}")
+    del mixture, vocals
+    backend.free_memory_pool(module)
+
+
 def launch_checks(checks: Checks, runs: int) -> None:
     try:
         sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
@@ -200,12 +323,14 @@ def timings(module, *, n_freq: int, batch: int, runs: int, frames: int, budget: 
           f"{'allowed' if kernels.tf32_enabled() else 'off'} ({backend.tf32_settings()})")
     print(f"matrix products: {rate / 1e12:.3f} TFLOP/s for the step's (R·B×F)·(F×F), "
           f"{square / 1e12:.3f} TFLOP/s for F×F·F×F")
+    device_against_nominal(module, runs=runs, n_freq=n_freq, batch=batch, budget=budget)
     for kind in kind_names():
         seconds = calibrate.training_step_seconds(kind, runs=runs, n_freq=n_freq, batch=batch, module=module,
                                                   budget=budget)
         bound = calibrate.training_step_flops(kind, n_freq=n_freq, batch=batch, runs=runs) / rate
         print(f"TIME  training step {kind:8} ×{runs}: {seconds * 1e3:8.2f} ms ({seconds / runs * 1e3:.2f} ms per run), "
               f"products alone {bound * 1e3:.2f} ms: ratio {bound / seconds:.2f}", flush=True)
+        split_line(module, kind, seconds, runs=runs, n_freq=n_freq, batch=batch, budget=budget)
     for kind in kind_names():
         for strategy in strategy_names():
             seconds = calibrate.nca_iteration_seconds(kind, strategy, n_freq=n_freq, frames=frames, module=module,
@@ -216,12 +341,64 @@ def timings(module, *, n_freq: int, batch: int, runs: int, frames: int, budget: 
                   f"products alone {bound * 1e3:.2f} ms: ratio {ratio}", flush=True)
 
 
+def float32_checks(checks: Checks, module, sizes: dict) -> None:
+    """What the protocol computes, in float32, against float64; on a GPU once
+    more with TF32 tensor cores allowed (CUPY_TF32=1)."""
+    modes = [False] + ([True] if module is not numpy else [])
+    saved = os.environ.get("CUPY_TF32")
+    try:
+        for tf32 in modes:
+            os.environ["CUPY_TF32"] = "1" if tf32 else "0"
+            float32_step_checks(checks, module, n_freq=sizes["n_freq"], batch=sizes["batch"], tf32=tf32)
+            float32_nca_checks(checks, module, n_freq=sizes["n_freq"], frames=sizes["frames"], tf32=tf32)
+    finally:
+        if saved is None:
+            os.environ.pop("CUPY_TF32", None)
+        else:
+            os.environ["CUPY_TF32"] = saved
+
+
+def device_against_nominal(module, *, runs: int, n_freq: int, batch: int, budget: float) -> None:
+    """What the device promises: its nominal float32 and TF32 rates (by name,
+    calibrate.NOMINAL_PEAKS) and its memory bandwidth (from its attributes)."""
+    name = backend.device_record()["device"]
+    fp32, tf32 = calibrate.nominal_peaks(name)
+    bandwidth = calibrate.memory_bandwidth(module)
+    peaks = (f"nominal {fp32 / 1e12:.1f} TFLOP/s float32, {tf32 / 1e12 if tf32 else float('nan'):.0f} TFLOP/s TF32"
+             if fp32 else "nominal rates unknown for this device")
+    memory = f"memory {bandwidth / 1e9:.0f} GB/s (clock × bus width × 2)" if bandwidth else "memory bandwidth unknown"
+    print(f"device {name}: {peaks}; {memory}")
+
+
+def split_line(module, kind: str, seconds: float, *, runs: int, n_freq: int, batch: int, budget: float) -> None:
+    """A step's time split into its products (TFLOP/s against the nominal
+    peak) and the rest (GB/s of its elementwise traffic against the memory
+    bandwidth, and per launch)."""
+    products = calibrate.step_products_seconds(kind, runs=runs, n_freq=n_freq, batch=batch, module=module,
+                                               budget=budget)
+    flops = calibrate.training_step_flops(kind, n_freq=n_freq, batch=batch, runs=runs)
+    rest = max(seconds - products, 1e-12)
+    moved = calibrate.elementwise_step_bytes(kind, runs=runs, n_freq=n_freq, batch=batch)
+    fp32, tf32 = calibrate.nominal_peaks(backend.device_record()["device"])
+    peak = tf32 if kernels.tf32_enabled() and tf32 else fp32
+    bandwidth = calibrate.memory_bandwidth(module)
+    launches = 6 * model_kind(kind).n_layers + 2
+    print(f"      products {products * 1e3:.2f} ms, {flops / products / 1e12:.2f} TFLOP/s"
+          f"{f' ({flops / products / peak:.0%} of nominal)' if peak else ''}; "
+          f"the rest {rest * 1e3:.2f} ms, {moved / rest / 1e9:.1f} GB/s"
+          f"{f' ({moved / rest / bandwidth:.0%} of the memory bandwidth)' if bandwidth else ''}; "
+          f"{launches} launches, {rest / launches * 1e6:.1f} µs each", flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("gpu", "cpu", "auto"), default="gpu")
     parser.add_argument("--sizes", choices=sorted(SIZES), default=None,
                         help="timing sizes: the paper's (default on a GPU) or tiny ones (default on the CPU)")
     parser.add_argument("--small", dest="sizes", action="store_const", const="small", help="same as --sizes small")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"float32 comparisons at F = {FLOAT32_SIZES['quick']['n_freq']}, not the paper's 2049 "
+                             "(for the tests on a CPU)")
     args = parser.parse_args(argv)
     try:
         module = backend.use(args.device)
@@ -229,13 +406,16 @@ def main(argv=None) -> int:
         print(f"gpucheck.py: error: {exc}", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    print(f"self-check on {backend.device_description()}")
+    print(backend.device_line())
     checks = Checks()
     gradient_checks(checks)
     adam_checks(checks, module)
+    stacked_adam_paper_runs(checks, module)
     gather_checks(checks, module)
+    large_gather_check(checks, module)
     step_checks(checks, module)
     nca_checks(checks, module)
+    float32_checks(checks, module, FLOAT32_SIZES["quick" if args.quick else "paper"])
     sizes = SIZES[args.sizes or ("small" if module is numpy else "paper")]
     launch_checks(checks, sizes["runs"])
     timings(module, **sizes)
