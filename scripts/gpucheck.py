@@ -287,6 +287,65 @@ def large_gather_check(checks: Checks, module) -> None:
     backend.free_memory_pool(module)
 
 
+class _Interrupt(Exception):
+    pass
+
+
+def training_checks(checks: Checks, module) -> None:
+    """Training on the device through ``train``: a run interrupted after its
+    second epoch and resumed from its checkpoint ends with the parameters
+    and losses of an uninterrupted run, bit for bit; a NaN in the frames
+    stops training with the last good checkpoint kept."""
+    import tempfile
+    from pathlib import Path
+
+    from nca_np.train import CHECKPOINT, FINAL_MODEL, TrainingDiverged, TrainSettings, read_state, train
+
+    X, Y = _random((160, CHECK_FREQ), 50, numpy.float32), _random((160, CHECK_FREQ), 51, numpy.float32)
+    settings = TrainSettings(batch_size=32, learning_rate=3e-3, max_epochs=4)
+
+    def run(folder, frames=X, on_epoch_end=None):
+        source = DeviceFrames(frames, Y, module=module, storage_dtype="float32")
+        return train("mss-dae", source, folder, settings=settings, seed=1, progress=False, module=module,
+                     on_epoch_end=on_epoch_end)
+
+    def stop_after_epoch_2(record):
+        if record["epoch"] == 2:
+            raise _Interrupt
+
+    with tempfile.TemporaryDirectory() as scratch:
+        whole, cut, bad = Path(scratch, "whole"), Path(scratch, "cut"), Path(scratch, "diverging")
+        expected = run(whole)
+        try:
+            run(cut, on_epoch_end=stop_after_epoch_2)
+        except _Interrupt:
+            pass
+        resumed = run(cut)
+        same = all(numpy.array_equal(p, q) for p, q in zip(*(
+            [arrays[k] for k in sorted(arrays) if k.startswith("param_")]
+            for arrays, _ in (read_state(folder / FINAL_MODEL) for folder in (whole, cut)))))
+        losses = [[record["loss"] for record in meta["history"]] for meta in (expected, resumed)]
+        checks.record("training on the device: resumed after epoch 2 from its checkpoint = uninterrupted",
+                      same and losses[0] == losses[1], f"parameters {'equal' if same else 'differ'}, "
+                      f"losses {'equal' if losses[0] == losses[1] else 'differ'}")
+        try:
+            run(bad, on_epoch_end=stop_after_epoch_2)
+        except _Interrupt:
+            pass
+        kept = (bad / CHECKPOINT).read_bytes()
+        poisoned = X.copy()
+        poisoned[5, 3] = numpy.nan
+        try:
+            run(bad, frames=poisoned)
+            stopped, message = False, "training went on"
+        except TrainingDiverged as exc:
+            stopped, message = True, str(exc)
+        intact = (bad / CHECKPOINT).read_bytes() == kept
+        checks.record("training on the device: a NaN loss stops it, the last good checkpoint kept",
+                      stopped and intact and "epoch 3" in message,
+                      f"{message[:80]}{'' if intact else '; the checkpoint changed'}")
+
+
 def launch_checks(checks: Checks, runs: int) -> None:
     try:
         sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
@@ -415,6 +474,7 @@ def main(argv=None) -> int:
     large_gather_check(checks, module)
     step_checks(checks, module)
     nca_checks(checks, module)
+    training_checks(checks, module)
     float32_checks(checks, module, FLOAT32_SIZES["quick" if args.quick else "paper"])
     sizes = SIZES[args.sizes or ("small" if module is numpy else "paper")]
     launch_checks(checks, sizes["runs"])

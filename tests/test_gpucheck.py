@@ -23,7 +23,8 @@ def test_gpucheck_passes_on_the_cpu_with_one_line_per_check():
                    "batch gather from float16 frames", "stacked training step, mss-dae ×3: parameters",
                    "NCA compositional, sf", "kernel launches per training step, mss-dae: the same for 1 and 3 runs",
                    "fused Adam at R = 10 runs", "float32 training step, sf ×3 at F = 257: gradients",
-                   "float32 NCA compositional, mss-dae at F = 257: gradients"):
+                   "float32 NCA compositional, mss-dae at F = 257: gradients",
+                   "resumed after epoch 2 from its checkpoint = uninterrupted", "a NaN loss stops it"):
         assert any(needle in line for line in verdicts), needle
     assert sum(line.startswith("TIME  training step") for line in lines) == 3
     assert lines[0] == f"CPU (NumPy {numpy.__version__}): chosen (--device cpu)"
