@@ -174,3 +174,61 @@ def elementwise_step_bytes(kind: str, *, runs: int, n_freq: int, batch: int, ite
     depth = model_kind(kind).n_layers
     params = 2 * depth * (n_freq**2 + n_freq)
     return itemsize * runs * (7 * params + 6 * depth * batch * n_freq) + itemsize * 2 * batch * n_freq
+
+
+#: MUSDB18's training set, about 6.6 hours of audio (100 tracks); its test set, 50 tracks.
+MUSDB_TRAIN_SECONDS, MUSDB_TEST_TRACKS = 23760.0, 50
+
+
+def protocol_hours(config: dict, step_seconds: dict, nca_iteration_seconds: dict) -> tuple[float, float]:
+    """(training, NCA) hours of the paper's protocol at the measured speeds,
+    on MUSDB18 as ``reproduce --plan`` estimates it before preparation: every
+    run trains ``max_epochs`` epochs (the most it can), its R runs stacked.
+
+    Args:
+        config: a profile (e.g. ``load_profile("paper")``).
+        step_seconds: kind -> seconds of one stacked step of the profile's R runs.
+        nca_iteration_seconds: (kind, strategy) -> seconds of one NCA iteration.
+    """
+    stft, train, nca = config["stft"], config["train"], config["nca"]
+    frames = MUSDB_TRAIN_SECONDS * stft["sample_rate"] / stft["hop"]
+    batches = -(-int(frames) // train["batch_size"])
+    training = sum(step_seconds[kind] for kind in train["kinds"]) * batches * train["max_epochs"]
+    per_excerpt = int(config["data"]["excerpt_seconds"] * stft["sample_rate"] / stft["hop"]) // nca["segment_frames"]
+    segments = per_excerpt * MUSDB_TEST_TRACKS
+    per_segment = sum(nca_iteration_seconds[kind, strategy] for kind in train["kinds"]
+                      for strategy in nca["strategies"]) * nca["iterations"]
+    return training / 3600, segments * per_segment / 3600
+
+
+def device_promise_line(module) -> str:
+    """What the device promises: its nominal float32 and TF32 rates (by name,
+    :data:`NOMINAL_PEAKS`) and its memory bandwidth (from its attributes)."""
+    name = backend.device_record()["device"]
+    fp32, tf32 = nominal_peaks(name)
+    bandwidth = memory_bandwidth(module)
+    peaks = (f"nominal {fp32 / 1e12:.1f} TFLOP/s float32, " + (f"{tf32 / 1e12:.0f} TFLOP/s TF32" if tf32 else "no TF32")
+             if fp32 else "nominal rates unknown for this device")
+    memory = f"memory {bandwidth / 1e9:.0f} GB/s (clock × bus width × 2)" if bandwidth else "memory bandwidth unknown"
+    return f"device {name}: {peaks}; {memory}"
+
+
+def step_split_line(module, kind: str, seconds: float, *, runs: int, n_freq: int, batch: int,
+                    budget: float = 0.3) -> str:
+    """A stacked step of ``seconds`` split into its products (TFLOP/s, against
+    the nominal float32 or TF32 peak as TF32 is off or on) and the rest (GB/s
+    of its elementwise traffic against the memory bandwidth; per launch, over
+    the step's 6L + 2 launches, docs/gradients.md#stacked-training)."""
+    products = step_products_seconds(kind, runs=runs, n_freq=n_freq, batch=batch, module=module, budget=budget)
+    flops = training_step_flops(kind, n_freq=n_freq, batch=batch, runs=runs)
+    rest = max(seconds - products, 1e-12)
+    moved = elementwise_step_bytes(kind, runs=runs, n_freq=n_freq, batch=batch)
+    fp32, tf32 = nominal_peaks(backend.device_record()["device"])
+    peak = tf32 if backend.tf32_enabled() and tf32 else fp32
+    bandwidth = memory_bandwidth(module)
+    launches = 6 * model_kind(kind).n_layers + 2
+    return (f"{kind}: products {products * 1e3:.2f} ms, {flops / products / 1e12:.2f} TFLOP/s"
+            f"{f' ({flops / products / peak:.0%} of nominal)' if peak else ''}; "
+            f"the rest {rest * 1e3:.2f} ms, {moved / rest / 1e9:.1f} GB/s"
+            f"{f' ({moved / rest / bandwidth:.0%} of the memory bandwidth)' if bandwidth else ''}; "
+            f"{launches} launches, {rest / launches * 1e6:.1f} µs each")

@@ -382,22 +382,27 @@ def timings(module, *, n_freq: int, batch: int, runs: int, frames: int, budget: 
           f"{'allowed' if kernels.tf32_enabled() else 'off'} ({backend.tf32_settings()})")
     print(f"matrix products: {rate / 1e12:.3f} TFLOP/s for the step's (R·B×F)·(F×F), "
           f"{square / 1e12:.3f} TFLOP/s for F×F·F×F")
-    device_against_nominal(module, runs=runs, n_freq=n_freq, batch=batch, budget=budget)
+    print(calibrate.device_promise_line(module))
+    steps, iterations = {}, {}
     for kind in kind_names():
         seconds = calibrate.training_step_seconds(kind, runs=runs, n_freq=n_freq, batch=batch, module=module,
                                                   budget=budget)
+        steps[kind] = seconds
         bound = calibrate.training_step_flops(kind, n_freq=n_freq, batch=batch, runs=runs) / rate
         print(f"TIME  training step {kind:8} ×{runs}: {seconds * 1e3:8.2f} ms ({seconds / runs * 1e3:.2f} ms per run), "
               f"products alone {bound * 1e3:.2f} ms: ratio {bound / seconds:.2f}", flush=True)
-        split_line(module, kind, seconds, runs=runs, n_freq=n_freq, batch=batch, budget=budget)
+        print("      " + calibrate.step_split_line(module, kind, seconds, runs=runs, n_freq=n_freq, batch=batch,
+                                                   budget=budget), flush=True)
     for kind in kind_names():
         for strategy in strategy_names():
             seconds = calibrate.nca_iteration_seconds(kind, strategy, n_freq=n_freq, frames=frames, module=module,
                                                       budget=budget)
             bound = calibrate.nca_iteration_flops(kind, strategy, n_freq=n_freq, frames=frames) / square
             ratio = f"{bound / seconds:.2f}" if seconds > 0 else "-"
+            iterations[kind, strategy] = seconds
             print(f"TIME  NCA iteration {strategy:13} {kind:8}: {seconds * 1e3:8.2f} ms, "
                   f"products alone {bound * 1e3:.2f} ms: ratio {ratio}", flush=True)
+    protocol_estimate(steps, iterations, runs=runs, n_freq=n_freq, batch=batch, frames=frames)
 
 
 def float32_checks(checks: Checks, module, sizes: dict) -> None:
@@ -417,36 +422,19 @@ def float32_checks(checks: Checks, module, sizes: dict) -> None:
             os.environ["CUPY_TF32"] = saved
 
 
-def device_against_nominal(module, *, runs: int, n_freq: int, batch: int, budget: float) -> None:
-    """What the device promises: its nominal float32 and TF32 rates (by name,
-    calibrate.NOMINAL_PEAKS) and its memory bandwidth (from its attributes)."""
-    name = backend.device_record()["device"]
-    fp32, tf32 = calibrate.nominal_peaks(name)
-    bandwidth = calibrate.memory_bandwidth(module)
-    peaks = (f"nominal {fp32 / 1e12:.1f} TFLOP/s float32, {tf32 / 1e12 if tf32 else float('nan'):.0f} TFLOP/s TF32"
-             if fp32 else "nominal rates unknown for this device")
-    memory = f"memory {bandwidth / 1e9:.0f} GB/s (clock × bus width × 2)" if bandwidth else "memory bandwidth unknown"
-    print(f"device {name}: {peaks}; {memory}")
+def protocol_estimate(steps: dict, iterations: dict, *, runs: int, n_freq: int, batch: int, frames: int) -> None:
+    """The paper's protocol in hours at these speeds, when they were measured at its sizes."""
+    from nca_np.config import load_profile
 
-
-def split_line(module, kind: str, seconds: float, *, runs: int, n_freq: int, batch: int, budget: float) -> None:
-    """A step's time split into its products (TFLOP/s against the nominal
-    peak) and the rest (GB/s of its elementwise traffic against the memory
-    bandwidth, and per launch)."""
-    products = calibrate.step_products_seconds(kind, runs=runs, n_freq=n_freq, batch=batch, module=module,
-                                               budget=budget)
-    flops = calibrate.training_step_flops(kind, n_freq=n_freq, batch=batch, runs=runs)
-    rest = max(seconds - products, 1e-12)
-    moved = calibrate.elementwise_step_bytes(kind, runs=runs, n_freq=n_freq, batch=batch)
-    fp32, tf32 = calibrate.nominal_peaks(backend.device_record()["device"])
-    peak = tf32 if kernels.tf32_enabled() and tf32 else fp32
-    bandwidth = calibrate.memory_bandwidth(module)
-    launches = 6 * model_kind(kind).n_layers + 2
-    print(f"      products {products * 1e3:.2f} ms, {flops / products / 1e12:.2f} TFLOP/s"
-          f"{f' ({flops / products / peak:.0%} of nominal)' if peak else ''}; "
-          f"the rest {rest * 1e3:.2f} ms, {moved / rest / 1e9:.1f} GB/s"
-          f"{f' ({moved / rest / bandwidth:.0%} of the memory bandwidth)' if bandwidth else ''}; "
-          f"{launches} launches, {rest / launches * 1e6:.1f} µs each", flush=True)
+    config = load_profile("paper", [])
+    paper = (config["train"]["runs"], config["stft"]["n_fft"] // 2 + 1, config["train"]["batch_size"],
+             config["nca"]["segment_frames"])
+    if (runs, n_freq, batch, frames) != paper:
+        print(f"protocol estimate: not at these sizes (the paper's: R, F, B, T = {paper})")
+        return
+    training, nca = calibrate.protocol_hours(config, steps, iterations)
+    print(f"protocol estimate at these speeds (MUSDB18, every run to max_epochs = {config['train']['max_epochs']}): "
+          f"training {training:.1f} h, NCA {nca:.1f} h, together {training + nca:.1f} h on this device")
 
 
 def main(argv=None) -> int:
