@@ -163,7 +163,8 @@ def _auto():
         if gpus == 0:
             _cpu_reason = "CuPy is installed but no GPU is visible" if _cupy_installed() else "no GPU found"
             return numpy
-        raise BackendError(f"{gpus} GPU{'s' if gpus > 1 else ''} visible but CuPy cannot use them ({exc.cause}): {CUPY_FIXES[exc.kind]}; "
+        raise BackendError(f"{gpus} GPU{'s' if gpus > 1 else ''} visible but CuPy cannot use "
+                           f"{'them' if gpus > 1 else 'it'} ({exc.cause}): {CUPY_FIXES[exc.kind]}; "
                            "or pass --device cpu to compute on the CPU") from exc
 
 

@@ -407,19 +407,39 @@ def timings(module, *, n_freq: int, batch: int, runs: int, frames: int, budget: 
 
 def float32_checks(checks: Checks, module, sizes: dict) -> None:
     """What the protocol computes, in float32, against float64; on a GPU once
-    more with TF32 tensor cores allowed (CUPY_TF32=1)."""
+    more with TF32 tensor cores allowed (CUPY_TF32=1, as a run would set it)."""
     modes = [False] + ([True] if module is not numpy else [])
-    saved = os.environ.get("CUPY_TF32")
+    saved = os.environ.get("CUPY_TF32"), _cupy_float32_compute_type(module)
     try:
         for tf32 in modes:
-            os.environ["CUPY_TF32"] = "1" if tf32 else "0"
+            _allow_tf32(module, tf32)
             float32_step_checks(checks, module, n_freq=sizes["n_freq"], batch=sizes["batch"], tf32=tf32)
             float32_nca_checks(checks, module, n_freq=sizes["n_freq"], frames=sizes["frames"], tf32=tf32)
     finally:
-        if saved is None:
+        if saved[0] is None:
             os.environ.pop("CUPY_TF32", None)
         else:
-            os.environ["CUPY_TF32"] = saved
+            os.environ["CUPY_TF32"] = saved[0]
+        if saved[1] is not None:
+            from cupy._core import _routines_linalg as linalg
+            linalg.set_compute_type(numpy.float32, saved[1])
+
+
+def _cupy_float32_compute_type(module):
+    if module is numpy or not hasattr(module, "cuda"):
+        return None
+    from cupy._core import _routines_linalg as linalg
+    return linalg.get_compute_type(numpy.float32)
+
+
+def _allow_tf32(module, allowed: bool) -> None:
+    """TF32 on or off for this process's float32 products: the batched
+    products read CUPY_TF32 at each call (kernels.tf32_enabled); CuPy's own
+    matmul reads it once, so its compute type is set as well."""
+    os.environ["CUPY_TF32"] = "1" if allowed else "0"
+    if _cupy_float32_compute_type(module) is not None:
+        from cupy._core import _routines_linalg as linalg
+        linalg.set_compute_type(numpy.float32, linalg.COMPUTE_TYPE_TF32 if allowed else linalg.COMPUTE_TYPE_DEFAULT)
 
 
 def protocol_estimate(steps: dict, iterations: dict, *, runs: int, n_freq: int, batch: int, frames: int) -> None:

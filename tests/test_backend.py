@@ -138,7 +138,7 @@ def test_auto_with_a_visible_gpu_and_a_broken_cupy_stops_with_the_cause_and_the_
     assert status == 2 and first == []  # nothing computed, nothing printed on stdout
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
-    assert "1 GPU visible but CuPy cannot use them" in lines[0] and "NVRTC_ERROR" in lines[0]
+    assert "1 GPU visible but CuPy cannot use it (" in lines[0] and "NVRTC_ERROR" in lines[0]
     assert "cupy-cuda12x[ctk]" in lines[0] and "--device cpu" in lines[0]
 
 
