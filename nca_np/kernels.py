@@ -40,7 +40,6 @@ compiles every variant for sm_80 and sm_90 without a GPU.
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 
 import numpy

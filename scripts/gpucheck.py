@@ -188,8 +188,8 @@ def float32_step_checks(checks: Checks, module, *, n_freq: int, batch: int, tf32
         device = StackedModel.build(kind, n_freq, SEEDS, dtype=numpy.float32, module=module)
         host = StackedModel(kind, n_freq, backend.to_host(device.flat).astype(numpy.float64))
         results = []
-        for stack, x, y, dtype in ((device, backend.to_device(X, module), backend.to_device(Y, module), numpy.float32),
-                                   (host, X.astype(numpy.float64), Y.astype(numpy.float64), numpy.float64)):
+        for stack, x, y in ((device, backend.to_device(X, module), backend.to_device(Y, module)),
+                            (host, X.astype(numpy.float64), Y.astype(numpy.float64))):
             xp = stack.module
             grads, squared = xp.zeros_like(stack.flat), xp.zeros(len(SEEDS), dtype=numpy.float64)
             stack.loss_and_grads(x, y, grads, squared)

@@ -208,7 +208,7 @@ def test_batched_matmul_refuses_stacks_of_another_batch_size(operand):
     a, b, out = numpy.zeros(a_shape), numpy.zeros(b_shape), numpy.zeros((3, 3, 5))
     with pytest.raises(ValueError):
         numpy.matmul(a, b, out=out)
-    with pytest.raises(ValueError, match=f"a stack of 2 matrices .* for 3 outputs"):
+    with pytest.raises(ValueError, match="a stack of 2 matrices .* for 3 outputs"):
         kernels.gemm_arguments(a.shape, a.strides, b.shape, b.strides, out.shape, out.strides, 8)
     shared = numpy.zeros((3, 4))  # a 2-D operand is shared by every run: no batch to check
     assert kernels.gemm_arguments(shared.shape, shared.strides, (3, 4, 5), (160, 40, 8), out.shape, out.strides,
