@@ -215,7 +215,7 @@ REDUCE_MAX_BLOCKS = 1024
 #: changes nothing: every sum has a fixed order, so the result is the same at
 #: every run of the same sizes. Products and sums are rounded one at a time
 #: (``__dmul_rn``, ``__fmul_rn`` …: no fused multiply–add), as NumPy rounds
-#: them. ``{T}`` is float or double; MASKED is 1 for a mask model (ŷ = x ⊙ v).
+#: them. ``real`` is float or double; NCA_NP_MASKED is 1 for a mask model (ŷ = x ⊙ v).
 SQUARED_ERROR_SOURCE = r"""
 __device__ inline float mul_rn(float a, float b) { return __fmul_rn(a, b); }
 __device__ inline double mul_rn(double a, double b) { return __dmul_rn(a, b); }
@@ -231,15 +231,15 @@ __device__ void block_sum(double* shared, double value) {
     }
 }
 
-extern "C" __global__ void NAME(const T* v, const T* y, const T* x, long long per_run, double* partials,
-                                unsigned int* counters, double* out, long long out_stride) {
-    __shared__ double shared[THREADS];
+extern "C" __global__ void @NAME@(const real* v, const real* y, const real* x, long long per_run,
+                                  double* partials, unsigned int* counters, double* out, long long out_stride) {
+    __shared__ double shared[NCA_NP_THREADS];
     __shared__ bool last;
     const long long run = blockIdx.y, blocks = gridDim.x;
-    const T* v_run = v + run * per_run;
+    const real* v_run = v + run * per_run;
     double sum = 0.0;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < per_run; i += blocks * blockDim.x) {
-        T estimate = MASKED ? mul_rn(x[i], v_run[i]) : v_run[i];
+        real estimate = NCA_NP_MASKED ? mul_rn(x[i], v_run[i]) : v_run[i];
         double error = (double)sub_rn(estimate, y[i]);
         sum = __dadd_rn(sum, __dmul_rn(error, error));
     }
@@ -270,9 +270,9 @@ def squared_error_name(dtype, masked: bool) -> str:
 def squared_error_code(dtype, masked: bool) -> str:
     """The CUDA source of the loss sum for ``dtype`` (float32 or float64)."""
     ctype = {"float32": "float", "float64": "double"}[numpy.dtype(dtype).name]
-    defines = (f"#define T {ctype}\n#define MASKED {int(masked)}\n#define THREADS {REDUCE_THREADS}\n"
-               f"#define NAME {squared_error_name(dtype, masked)}\n")
-    return defines + SQUARED_ERROR_SOURCE
+    defines = (f"typedef {ctype} real;\n#define NCA_NP_MASKED {int(masked)}\n"
+               f"#define NCA_NP_THREADS {REDUCE_THREADS}\n")
+    return defines + SQUARED_ERROR_SOURCE.replace("@NAME@", squared_error_name(dtype, masked))
 
 
 def reduction_blocks(per_run: int) -> int:
