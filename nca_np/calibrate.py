@@ -218,7 +218,8 @@ def step_split_line(module, kind: str, seconds: float, *, runs: int, n_freq: int
     """A stacked step of ``seconds`` split into its products (TFLOP/s, against
     the nominal float32 or TF32 peak as TF32 is off or on) and the rest (GB/s
     of its elementwise traffic against the memory bandwidth; per launch, over
-    the step's 6L + 2 launches, docs/gradients.md#stacked-training)."""
+    the step's launches: counted on a GPU by :func:`device_launches`, else
+    the code's 6L + 2, docs/gradients.md#stacked-training)."""
     products = step_products_seconds(kind, runs=runs, n_freq=n_freq, batch=batch, module=module, budget=budget)
     flops = training_step_flops(kind, n_freq=n_freq, batch=batch, runs=runs)
     rest = max(seconds - products, 1e-12)
@@ -226,9 +227,37 @@ def step_split_line(module, kind: str, seconds: float, *, runs: int, n_freq: int
     fp32, tf32 = nominal_peaks(backend.device_record()["device"])
     peak = tf32 if backend.tf32_enabled() and tf32 else fp32
     bandwidth = memory_bandwidth(module)
-    launches = 6 * model_kind(kind).n_layers + 2
+    expected = 6 * model_kind(kind).n_layers + 2
+    measured = device_launches(stacked_step(kind, runs=runs, n_freq=n_freq, batch=batch, module=module), module)
+    launches = measured if measured else expected
+    counted = (f"{measured} launches on the device ({expected} from the code)" if measured
+               else f"{expected} launches (counted from the code)")
     return (f"{kind}: products {products * 1e3:.2f} ms, {flops / products / 1e12:.2f} TFLOP/s"
             f"{f' ({flops / products / peak:.0%} of nominal)' if peak else ''}; "
             f"the rest {rest * 1e3:.2f} ms, {moved / rest / 1e9:.1f} GB/s"
             f"{f' ({moved / rest / bandwidth:.0%} of the memory bandwidth)' if bandwidth else ''}; "
-            f"{launches} launches, {rest / launches * 1e6:.1f} µs each")
+            f"{counted}, {rest / launches * 1e6:.1f} µs each")
+
+
+def device_launches(step, module) -> int | None:
+    """Kernels, copies and memsets one call of ``step()`` puts on the GPU,
+    counted in a CUDA graph captured from it (cuBLAS may launch more than one
+    kernel per product); None on NumPy or when the step cannot be captured."""
+    if not hasattr(module, "cuda"):
+        return None
+    import re
+
+    step()  # compilations and allocations happen outside the capture
+    backend.synchronize(module)
+    stream = module.cuda.Stream(non_blocking=True)
+    try:
+        with stream:
+            stream.begin_capture()
+            try:
+                step()
+            finally:
+                graph = stream.end_capture()
+        text = graph.debug_dot_str()
+    except Exception:  # a capture refused by the runtime or a library
+        return None
+    return len(re.findall(r'label="\{(?:KERNEL|MEMCPY|MEMSET)', text)) or None
