@@ -104,15 +104,15 @@ def _load_cupy():
 
 
 def gpus_visible() -> int:
-    """How many NVIDIA GPUs this machine's driver shows, asked without CuPy:
-    the CUDA driver library (``cuInit``, ``cuDeviceGetCount``), else
-    ``nvidia-smi -L``; 0 when neither finds one. ``NCA_NP_GPUS_VISIBLE``
-    (a number) overrides both, as the tests do."""
+    """How many NVIDIA GPUs this machine shows, asked without CuPy: the CUDA
+    driver library (``cuInit``, ``cuDeviceGetCount``), and where it finds
+    none (missing, failing, or hidden by CUDA_VISIBLE_DEVICES) ``nvidia-smi
+    -L``; 0 when neither finds one. ``NCA_NP_GPUS_VISIBLE`` (a number)
+    overrides both, as the tests do."""
     forced = os.environ.get(GPUS_VISIBLE_VAR)
     if forced is not None and forced.strip().isdigit():
         return int(forced)
-    count = _driver_gpu_count()
-    return count if count is not None else _nvidia_smi_gpu_count()
+    return _driver_gpu_count() or _nvidia_smi_gpu_count()
 
 
 GPUS_VISIBLE_VAR = "NCA_NP_GPUS_VISIBLE"

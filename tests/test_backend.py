@@ -165,7 +165,12 @@ def test_gpu_detection_reads_the_override_and_else_the_driver(monkeypatch):
     monkeypatch.setattr(backend, "_driver_gpu_count", lambda: None)  # no libcuda.so.1
     monkeypatch.setattr(backend, "_nvidia_smi_gpu_count", lambda: 4)
     assert backend.gpus_visible() == 4
-    monkeypatch.setattr(backend, "_driver_gpu_count", lambda: 0)  # the driver is there and sees none
+    monkeypatch.setattr(backend, "_driver_gpu_count", lambda: 0)  # cuInit failed, or the GPUs are hidden
+    assert backend.gpus_visible() == 4  # nvidia-smi still lists them: a GPU is there
+    monkeypatch.setattr(backend, "_driver_gpu_count", lambda: 2)
+    monkeypatch.setattr(backend, "_nvidia_smi_gpu_count", lambda: 0)
+    assert backend.gpus_visible() == 2
+    monkeypatch.setattr(backend, "_driver_gpu_count", lambda: None)
     assert backend.gpus_visible() == 0
 
 
