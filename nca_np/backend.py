@@ -2,9 +2,13 @@
 
 NumPy is the default; CuPy is used when asked for, either by the environment
 (``NCA_NP_BACKEND=cupy``) or by ``--device gpu`` on the command line (which
-calls :func:`use`). Numerical code never imports CuPy: it asks this module
-for the active module (:func:`xp`) or for the module an array belongs to
-(:func:`array_module`).
+calls :func:`use`). ``--device auto`` takes CuPy when it works and NumPy only
+when no GPU is visible (:func:`gpus_visible`); a GPU that CuPy cannot use is
+an error naming the cause and the fix (docs/gpu.md#choosing-the-device).
+:func:`device_line` says in one line where the numbers are computed (the
+first line of every command), :func:`device_record` the same as a record.
+Numerical code never imports CuPy: it asks this module for the active module
+(:func:`xp`) or for the module an array belongs to (:func:`array_module`).
 
 Randomness is always drawn on the host from an explicit, seeded
 ``numpy.random.Generator`` (:func:`rng`) and then moved to the device
