@@ -1,28 +1,42 @@
 """The GPU self-check: does this machine's GPU compute what NumPy computes, and how fast?
 
-    python scripts/gpucheck.py [--device gpu|cpu|auto] [--sizes paper|small]   (make gpucheck [DEVICE=cpu])
+    python scripts/gpucheck.py [--device gpu|cpu|auto] [--sizes paper|small] [--quick]
+    (make gpucheck [DEVICE=cpu] [CUPY=cupy-cuda12x])
 
-On the chosen device, one PASS/FAIL line per check:
+First the device line (``backend.device_line``), then on the chosen device
+one PASS/FAIL line per check, with the measured error and its bound:
 
 1. every finite-difference gradient check of scripts/gradcheck.py (layers,
    models alone and stacked, the NCA in both readings), in float64;
 2. the fused Adam update (one step size per run) against each run's NumPy
-   update, in float64 and float32;
-3. the batch gather with its float16 → float32 cast against NumPy;
+   update, in float64 and float32, and in float32 at the paper's R = 10;
+3. the batch gather with its float16 → float32 cast against NumPy, and from
+   a float16 store above 2³¹ elements (64-bit indexing) where the GPU has
+   room (a SKIP line where it has not, or on the CPU);
 4. one stacked training step of each model (R runs, float64) against R
    NumPy models, each with its own Adam;
 5. two NCA iterations of each strategy on each model against NumPy;
-6. kernel launches per training step, counted on the counting stand-in
+6. training through ``train`` on the device: a resume from a checkpoint
+   equals an uninterrupted run bit for bit, and a NaN loss stops it with
+   the last good checkpoint kept;
+7. what the protocol computes, in float32 (on a GPU also with TF32): each
+   model's stacked step (gradients, losses) and each NCA strategy's
+   gradients against float64 on NumPy at F = 2049 (257 with ``--quick``),
+   within bounds derived from the arithmetic (docs/gpu.md#float32-bounds);
+8. kernel launches per training step, counted on the counting stand-in
    module of tests/strict_xp.py (it runs the same code, kernels included):
    the same for 1 run as for R runs;
 
 then timings at the paper's sizes (F = 2049, B = 64, T = 360, R = 10; tiny
 ones with ``--sizes small``, the default on the CPU): the device's matrix-product rate measured in the
-same run, and each stacked training step and NCA iteration as a time and
-as the ratio (its products at that rate) / (its time). The exit status is 1
-if any check fails. With ``--device cpu`` the same checks run on NumPy,
-which is how CI tests this script (``make gpucheck DEVICE=cpu``). Meant to take
-under 5 minutes on one GPU.
+same run, each stacked training step and NCA iteration as a time and as the
+ratio (its products at that rate) / (its time), each step split into its
+products against the device's nominal rate and the rest against its memory
+bandwidth (docs/gpu.md#speed-against-the-device), and the protocol's hours
+at these speeds. The exit status is 1 if any check fails. With ``--device
+cpu`` the same checks run on NumPy (``make gpucheck DEVICE=cpu``, about 2
+minutes on one core at F = 2049; the tests run it with ``--quick``). Meant
+to take under 5 minutes on one GPU.
 """
 
 from __future__ import annotations
