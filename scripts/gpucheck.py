@@ -285,11 +285,10 @@ def stacked_adam_paper_runs(checks: Checks, module, runs: int = 10) -> None:
     checks.error(f"fused Adam at R = {runs} runs (one step size each), float32", error, FLOAT32_THRESHOLD)
 
 
-def large_gather_check(checks: Checks, module) -> None:
-    """The gather from a float16 store of more than 2³¹ elements (64-bit
+def large_gather_check(checks: Checks, module, *, n_freq: int = 2049, elements: int = 2**31) -> None:
+    """The gather from a float16 store of more than ``elements`` (2³¹: 64-bit
     indexing), where the device has room for it; one line either way."""
-    n_freq = 2049
-    frames = 2**31 // n_freq + 64
+    frames = elements // n_freq + 64
     needed = 2 * frames * n_freq * 2 + 2**30
     free = backend.free_device_bytes(module)
     if free is None or free < needed:
@@ -303,8 +302,8 @@ def large_gather_check(checks: Checks, module) -> None:
     expected = []
     for row in rows_host[:, 0]:  # distinct values in the rows read, written from the host
         line = (_random((1, n_freq), int(row) % 1000, numpy.float32) * 4).astype(numpy.float16)
-        mixture[int(row)] = backend.to_device(line, module)
-        vocals[int(row)] = backend.to_device(line[:, ::-1].copy(), module)
+        mixture[int(row)] = backend.to_device(line[0], module)
+        vocals[int(row)] = backend.to_device(line[0, ::-1].copy(), module)
         expected.append(line)
     x = module.empty((4, n_freq), dtype=numpy.float32)
     y = module.empty((4, n_freq), dtype=numpy.float32)
@@ -313,7 +312,7 @@ def large_gather_check(checks: Checks, module) -> None:
     want = numpy.concatenate(expected).astype(numpy.float32)
     worst = max(float(numpy.abs(backend.to_host(x) - want).max()),
                 float(numpy.abs(backend.to_host(y) - want[:, ::-1]).max()))
-    checks.record(f"batch gather from a float16 store of {frames * n_freq / 2**31:.2f}·2^31 elements "
+    checks.record(f"batch gather from a float16 store of {frames * n_freq / 2**31:.3g}·2^31 elements "
                   "(64-bit indexing)", worst == 0.0, f"largest difference {worst:.1e}")
     del mixture, vocals
     backend.free_memory_pool(module)

@@ -42,3 +42,19 @@ def test_gpucheck_fails_when_the_stacked_step_is_wrong(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "FAIL  stacked training step, mss-dae ×3: parameters" in out
     assert "FAIL  gradient model mss-dae stacked ×2" in out
+
+
+def test_the_large_gather_check_reads_back_the_rows_it_wrote(monkeypatch, capsys):
+    """The 64-bit gather check, run small on the counting stand-in (which has
+    CuPy's kernels) as if the device had room for it."""
+    from nca_np import backend
+    from strict_xp import counting
+    spec = importlib.util.spec_from_file_location("gpucheck_script", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    checks = script.Checks()
+    script.large_gather_check(checks, counting, n_freq=7, elements=1000)  # no room known: skipped
+    assert capsys.readouterr().out.startswith("SKIP  batch gather from a float16 store above 2^31")
+    monkeypatch.setattr(backend, "free_device_bytes", lambda module=None: 2**40)
+    script.large_gather_check(checks, counting, n_freq=7, elements=1000)
+    assert checks.count == 1 and checks.failures == 0, capsys.readouterr().out
