@@ -303,9 +303,11 @@ _reduction_buffers: dict[tuple[int, int, int], tuple[object, object, object]] = 
 
 def _launch_squared_error(module, kernel, v, y, x, out):
     runs, per_run = v.shape[0], v.shape[1] * v.shape[2]
-    for name, array in (("v", v), ("y", y), ("x", x)):
-        if array is not None and not array.flags.c_contiguous:
-            raise ValueError(f"squared_error needs a C-contiguous {name}; got strides {array.strides}")
+    if not v.flags.c_contiguous:
+        raise ValueError(f"squared_error needs C-contiguous decoder outputs; got strides {v.strides}")
+    # the kernel reads the batch as flat rows: a strided batch (never one of training's) is copied first
+    y = y if y.flags.c_contiguous else module.ascontiguousarray(y)
+    x = x if x is None or x.flags.c_contiguous else module.ascontiguousarray(x)
     if y.size != per_run or (x is not None and x.size != per_run) or out.shape != (runs,):
         raise ValueError(f"squared_error: shapes {v.shape}, {y.shape} -> {out.shape} do not fit")
     blocks = reduction_blocks(per_run)

@@ -253,3 +253,7 @@ def test_grid_wide_loss_sum_blocks_depend_on_the_sizes_only():
     with pytest.raises(ValueError, match="C-contiguous"):
         kernels._launch_squared_error(counting, None, backend.to_device(v, counting)[:, :, ::2],
                                       counting.zeros((4, 3)), None, counting.zeros(2))
+    targets = _draw((4, 10), 23)
+    out = counting.zeros(2, dtype=numpy.float64)
+    kernels.squared_error(backend.to_device(v, counting), backend.to_device(targets, counting)[:, ::2], out=out)
+    numpy.testing.assert_allclose(backend.to_host(out), ((v - targets[:, ::2]) ** 2).sum(axis=(1, 2)), rtol=1e-14)
