@@ -451,13 +451,13 @@ def gemm_arguments(a_shape, a_strides, b_shape, b_strides, out_shape, out_stride
     inner_b, cols_b = (b_shape[-1], b_shape[-2]) if transpose_b else (b_shape[-2], b_shape[-1])
     if inner_a != inner_b or tuple(out_shape[-2:]) != (rows_a, cols_b):
         raise ValueError(f"batched_matmul: shapes {tuple(a_shape)}, {tuple(b_shape)} -> {tuple(out_shape)} do not fit")
+    if len(out_shape) != 3:
+        raise ValueError(f"batched_matmul writes a stack (R, M, N), got {tuple(out_shape)}")
     # cuBLAS reads `batch` matrices of every 3-D operand: fewer would be read out of bounds
     for operand in (a_shape, b_shape):
         if len(operand) == 3 and operand[0] != out_shape[0]:
             raise ValueError(f"batched_matmul: a stack of {operand[0]} matrices {tuple(operand)} for "
                              f"{out_shape[0]} outputs {tuple(out_shape)}")
-    if len(out_shape) != 3:
-        raise ValueError(f"batched_matmul writes a stack (R, M, N), got {tuple(out_shape)}")
     lda, stride_a = _matrix_layout(b_shape, b_strides, itemsize)
     ldb, stride_b = _matrix_layout(a_shape, a_strides, itemsize)
     ldc, stride_c = _matrix_layout(out_shape, out_strides, itemsize)
