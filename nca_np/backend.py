@@ -2,9 +2,13 @@
 
 NumPy is the default; CuPy is used when asked for, either by the environment
 (``NCA_NP_BACKEND=cupy``) or by ``--device gpu`` on the command line (which
-calls :func:`use`). Numerical code never imports CuPy: it asks this module
-for the active module (:func:`xp`) or for the module an array belongs to
-(:func:`array_module`).
+calls :func:`use`). ``--device auto`` takes CuPy when it works and NumPy only
+when no GPU is visible (:func:`gpus_visible`); a GPU that CuPy cannot use is
+an error naming the cause and the fix (docs/gpu.md#choosing-the-device).
+:func:`device_line` says in one line where the numbers are computed (the
+first line of every command), :func:`device_record` the same as a record.
+Numerical code never imports CuPy: it asks this module for the active module
+(:func:`xp`) or for the module an array belongs to (:func:`array_module`).
 
 Randomness is always drawn on the host from an explicit, seeded
 ``numpy.random.Generator`` (:func:`rng`) and then moved to the device
@@ -15,6 +19,7 @@ Results go back to the host through :func:`to_host` only.
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy
 
@@ -31,26 +36,140 @@ class BackendError(UserError):
     """The requested array module cannot be used on this machine."""
 
 
-def _load_cupy():
-    """Import CuPy and prove it works with a real CUDA call.
+#: Why the last selection computes on the CPU ("" when it was asked for).
+_cpu_reason = ""
 
-    CuPy imports fine on a machine without a GPU and only fails at the first
-    CUDA call, so a small computation is the only honest check.
+#: What to do about CuPy failing where a GPU is visible, by the kind of failure.
+CUPY_FIXES = {
+    "missing": "install CuPy with its CUDA libraries: pip install 'nca_np[cuda12]' (or [cuda13]; "
+               "the CUDA version nvidia-smi shows)",
+    "libraries": "CuPy cannot find NVRTC, the CUDA headers or cuBLAS: pip install 'cupy-cuda12x[ctk]>=14' "
+                 "(or cupy-cuda13x[ctk]: the CUDA version nvidia-smi shows)",
+    "driver": "the NVIDIA driver is too old for this CuPy wheel: update the driver, or install the wheel of "
+              "the CUDA version nvidia-smi shows (cupy-cuda12x[ctk] or cupy-cuda13x[ctk])",
+    "device": "CuPy sees no GPU although the driver does: check CUDA_VISIBLE_DEVICES and that this user "
+              "may open /dev/nvidia*",
+}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _cupy_failure_kind(exc: BaseException) -> str:
+    """The key of :data:`CUPY_FIXES` a failure of CuPy's first computation calls for."""
+    text = f"{type(exc).__name__} {exc}".lower()
+    if "insufficient" in text or "driver version" in text or "unsupported ptx" in text:
+        return "driver"
+    if "no cuda-capable device" in text or "nodevice" in text or "invalid device" in text:
+        return "device"
+    return "libraries"  # NVRTC, headers, cuBLAS or another CUDA library not found or not loadable
+
+
+class CupyUnusable(BackendError):
+    """CuPy cannot compute here; ``kind`` says why (a key of :data:`CUPY_FIXES`)."""
+
+    def __init__(self, message: str, kind: str, cause: str):
+        super().__init__(message)
+        self.kind, self.cause = kind, cause
+
+
+def _load_cupy():
+    """Import CuPy and prove it works: a cuBLAS product and a kernel compiled
+    by NVRTC, the two things a training step needs.
+
+    CuPy imports fine on a machine without a GPU, or without NVRTC, and only
+    fails at the first CUDA call or the first kernel, so a small computation
+    is the only honest check.
     """
     try:
         import cupy
     except Exception as exc:  # ImportError, or a broken CUDA install failing at import
-        raise BackendError(
-            "CuPy backend requested but cupy is not installed "
-            "(pip install 'nca_np[gpu]' or the cupy-cudaXXx wheel for your driver)"
-        ) from exc
+        raise CupyUnusable("CuPy backend requested but cupy is not installed "
+                           f"({CUPY_FIXES['missing']})", "missing", _first_line(exc)) from exc
     try:
         probe = cupy.arange(4, dtype=cupy.float32)
         float((probe @ probe).get())
     except Exception as exc:  # CUDA errors come in many types
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BackendError(f"CuPy backend requested but no usable GPU was found: {first_line}") from exc
+        kind, cause = _cupy_failure_kind(exc), _first_line(exc)
+        if gpus_visible() == 0:
+            raise CupyUnusable(f"CuPy backend requested but no GPU is visible on this machine ({cause})", "device",
+                               cause) from exc
+        raise CupyUnusable(f"CuPy backend requested but it cannot compute here ({cause}): {CUPY_FIXES[kind]}",
+                           kind, cause) from exc
+    try:
+        plus_one = cupy.ElementwiseKernel("T x", "T y", "y = x + T(1)", "nca_np_probe")
+        float(plus_one(probe).sum().get())
+    except Exception as exc:
+        raise CupyUnusable(f"CuPy cannot compile a kernel: {_first_line(exc)} ({CUPY_FIXES['libraries']})",
+                           "libraries", _first_line(exc)) from exc
     return _register_cupy()
+
+
+def gpus_visible() -> int:
+    """How many NVIDIA GPUs this machine shows, asked without CuPy: the CUDA
+    driver library (``cuInit``, ``cuDeviceGetCount``), and where it finds
+    none (missing, failing, or hidden by CUDA_VISIBLE_DEVICES) ``nvidia-smi
+    -L``; 0 when neither finds one. ``NCA_NP_GPUS_VISIBLE`` (a number)
+    overrides both, as the tests do."""
+    forced = os.environ.get(GPUS_VISIBLE_VAR)
+    if forced is not None and forced.strip().isdigit():
+        return int(forced)
+    return _driver_gpu_count() or _nvidia_smi_gpu_count()
+
+
+GPUS_VISIBLE_VAR = "NCA_NP_GPUS_VISIBLE"
+
+
+def _driver_gpu_count() -> int | None:
+    """GPUs counted by libcuda.so.1; None when the library is not there."""
+    import ctypes
+
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return int(count.value)
+
+
+def _nvidia_smi_gpu_count() -> int:
+    import subprocess
+
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    if listing.returncode != 0:
+        return 0
+    return sum(line.startswith("GPU ") for line in listing.stdout.splitlines())
+
+
+def _cupy_installed() -> bool:
+    from importlib.util import find_spec
+
+    try:
+        return find_spec("cupy") is not None
+    except ValueError:  # imported already, without a spec
+        return "cupy" in sys.modules
+
+
+def _auto():
+    """CuPy when it works; NumPy when no GPU is visible; else a one-line error."""
+    global _cpu_reason
+    try:
+        return _load_cupy()
+    except CupyUnusable as exc:
+        gpus = gpus_visible()
+        if gpus == 0:
+            _cpu_reason = "CuPy is installed but no GPU is visible" if _cupy_installed() else "no GPU found"
+            return numpy
+        raise BackendError(f"{gpus} GPU{'s' if gpus > 1 else ''} visible but CuPy cannot use "
+                           f"{'them' if gpus > 1 else 'it'} ({exc.cause}): {CUPY_FIXES[exc.kind]}; "
+                           "or pass --device cpu to compute on the CPU") from exc
 
 
 def use(name: str | None = None):
@@ -58,23 +177,27 @@ def use(name: str | None = None):
 
     Args:
         name: "numpy" (alias "cpu"), "cupy" (aliases "gpu", "cuda") or
-            "auto" (CuPy when it works here, else NumPy); None reads
-            ``NCA_NP_BACKEND`` and falls back to "numpy".
+            "auto"; None reads ``NCA_NP_BACKEND`` and falls back to "numpy".
+            "auto" takes CuPy when it works here and NumPy only when no GPU
+            is visible at all (:func:`gpus_visible`): a GPU that CuPy cannot
+            use is an error naming the cause and the fix, never a silent
+            fall back to the CPU.
 
     Raises:
         BackendError: unknown name, or CuPy missing or without a usable GPU.
     """
-    global _active
+    global _active, _cpu_reason
     raw = name if name is not None else os.environ.get(ENV_VAR, "numpy")
     key = _ALIASES.get(str(raw).strip().lower())
     if key is None:
         source = "argument" if name is not None else f"environment variable {ENV_VAR}"
         raise BackendError(f"unknown backend {raw!r} in {source}: use 'numpy', 'cupy' or 'auto'")
+    _cpu_reason = ""
+    if key == "numpy":
+        _cpu_reason = "chosen (--device cpu)" if name is not None else \
+            "the default device (--device auto or gpu computes on a GPU)"
     if key == "auto":
-        try:
-            _active = _load_cupy()
-        except BackendError:
-            _active = numpy
+        _active = _auto()
     else:
         _active = numpy if key == "numpy" else _load_cupy()
     return _active
@@ -236,6 +359,54 @@ def device_description() -> str:
     module = xp()
     if module is numpy:
         return f"CPU (NumPy {numpy.__version__}, {os.cpu_count()} logical cores)"
+    return f"GPU {_gpu_name(module)} (CuPy {module.__version__})"
+
+
+def _gpu_name(module) -> str:
     props = module.cuda.runtime.getDeviceProperties(module.cuda.Device().id)
-    gpu = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
-    return f"GPU {gpu} (CuPy {module.__version__})"
+    return props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+
+
+def _cuda_version(number: int) -> str:
+    """CUDA's version integers (12040) as "12.4"."""
+    return f"{number // 1000}.{number % 1000 // 10}"
+
+
+def tf32_enabled() -> bool:
+    """Whether float32 products may use TF32 tensor cores: CuPy's own rule
+    (``CUPY_TF32`` > 0); ``NVIDIA_TF32_OVERRIDE=0`` forbids them everywhere."""
+    if os.environ.get("NVIDIA_TF32_OVERRIDE", "").strip() == "0":
+        return False
+    try:
+        return int(os.environ.get("CUPY_TF32", "0")) > 0
+    except ValueError:
+        return False
+
+
+def device_line() -> str:
+    """One line saying where the numbers are computed, the first line every
+    command prints: ``GPU 0: NVIDIA H100 80GB HBM3, CuPy 14.0.1, CUDA 12.8``
+    or ``CPU (NumPy 2.4.0): no GPU found`` (the reason the CPU computes)."""
+    module = xp()
+    if module is numpy:
+        reason = _cpu_reason or "chosen"
+        return f"CPU (NumPy {numpy.__version__}): {reason}"
+    runtime = module.cuda.runtime
+    return (f"GPU {module.cuda.Device().id}: {_gpu_name(module)}, CuPy {module.__version__}, "
+            f"CUDA {_cuda_version(runtime.runtimeGetVersion())}")
+
+
+def device_record() -> dict:
+    """Where a stage computed its numbers, as JSON-able values: backend,
+    device name, the line of :func:`device_line`, NumPy's, CuPy's and CUDA's
+    versions (None on the CPU) and whether float32 products may use TF32."""
+    module = xp()
+    record = {"backend": name(), "device": "CPU", "line": device_line(), "numpy": numpy.__version__,
+              "cupy": None, "cuda_runtime": None, "cuda_driver": None, "tf32": False,
+              "tf32_settings": tf32_settings()}
+    if module is not numpy:
+        runtime = module.cuda.runtime
+        record.update(device=_gpu_name(module), cupy=module.__version__,
+                      cuda_runtime=_cuda_version(runtime.runtimeGetVersion()),
+                      cuda_driver=_cuda_version(runtime.driverGetVersion()), tf32=tf32_enabled())
+    return record

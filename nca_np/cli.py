@@ -53,8 +53,9 @@ def _common_options() -> argparse.ArgumentParser:
     common.add_argument("--workdir", type=Path, default=Path("."),
                         help="folder holding data/, cache/, runs/, couplings/, results/ (default: .)")
     common.add_argument("--device", choices=["cpu", "gpu", "auto"], default=None,
-                        help="compute on the CPU (NumPy), the GPU (CuPy), or the GPU when one is usable "
-                             "(auto); default: $NCA_NP_BACKEND or cpu")
+                        help="compute on the CPU (NumPy), the GPU (CuPy), or auto: the GPU, and the CPU only "
+                             "when no GPU is visible (a GPU CuPy cannot use is an error); "
+                             "default: $NCA_NP_BACKEND or cpu")
     common.add_argument("--quiet", action="store_true", help="no progress bars; one log line per unit")
     return common
 
@@ -166,8 +167,12 @@ def _log(line: str) -> None:
 
 
 def run(args) -> int:
+    device = args.device
+    if device is None and getattr(args, "plan", False) and not os.environ.get(backend.ENV_VAR):
+        device = "auto"  # the plan estimates the run that make reproduce would make
+    backend.use(device)
+    print(backend.device_line(), flush=True)  # first, so a run on the CPU is never silent
     config = load_profile(args.profile or os.environ.get("NCA_NP_PROFILE", "paper"), args.overrides)
-    backend.use(args.device)
     ws = experiment.Workspace(args.workdir.resolve(), config, tuple(args.overrides))
     progress = not args.quiet and sys.stderr.isatty()
     shard = experiment.Shard.parse(getattr(args, "shard", None))
@@ -189,8 +194,6 @@ def run(args) -> int:
         experiment.report_stage(ws, log=_log)
     elif args.plan:
         from .plan import plan
-        if args.device is None and not os.environ.get(backend.ENV_VAR):
-            backend.use("auto")  # as make reproduce runs it
         print(plan(ws, calibrate=not args.no_calibrate, log=_log))
         return 0
     else:

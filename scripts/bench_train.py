@@ -19,7 +19,12 @@ state. ``speed-up`` is the one-run stack's time over the stacked one's. The
 four are timed in turn, round after round, and each keeps its fastest
 round, so load from other work on the machine slows them alike. Usage::
 
-    python scripts/bench_train.py [--device cpu|gpu] [--freq 2049] [--batch 64] [--runs R]
+    python scripts/bench_train.py [--device cpu|gpu|auto] [--freq 2049] [--batch 64] [--runs R]
+
+Then each model's stacked step split into its products (TFLOP/s against the
+device's nominal float32 or TF32 rate) and the rest (GB/s of its elementwise
+traffic against the memory bandwidth, and per launch), as ``make gpucheck``
+prints it (``nca_np.calibrate.step_split_line``).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import tracemalloc
 
 import numpy
 
-from nca_np import backend
+from nca_np import backend, calibrate
 from nca_np.calibrate import stacked_step
 from nca_np.kernels import batched_matmul
 from nca_np.models import build_model, kind_names, model_kind
@@ -131,7 +136,7 @@ def peak_step_memory(step, module) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--device", choices=["cpu", "gpu", "auto"], default="cpu")
     parser.add_argument("--freq", type=int, default=2049)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--runs", type=int, default=None, help="runs stacked (default: 3 on the CPU, 10 on a GPU)")
@@ -147,6 +152,7 @@ def main(argv=None) -> int:
         print(f"bench_train.py: error: {exc}", file=sys.stderr)
         return 2
     runs = args.runs or (3 if module is numpy else 10)
+    print(backend.device_line())
     bandwidth = copy_bandwidth(module)
     print(f"training step per run, {runs} runs stacked, F = {args.freq}, B = {args.batch}, float32, "
           f"on {backend.device_description()}")
@@ -155,6 +161,7 @@ def main(argv=None) -> int:
               f"{'ratio 1-run':>11} {'speed-up':>8} {'peak extra MB':>13}")
     print(header)
     print("-" * len(header))
+    steps = {}
     for kind in kind_names():
         depth = model_kind(kind).n_layers
         stacked = stacked_step(kind, runs=runs, n_freq=args.freq, batch=args.batch, module=module)
@@ -170,6 +177,11 @@ def main(argv=None) -> int:
         print(f"{kind:8} {stacked_s * 1e3:8.1f} {single_s * 1e3:8.1f} {model_s * 1e3:10.1f} {bound_s * 1e3:7.1f} "
               f"{bound_s / stacked_s:6.2f} {bound_s / single_s:11.2f} {single_s / stacked_s:8.2f} "
               f"{peak / 2**20:13.1f}", flush=True)
+        steps[kind] = stacked_s * runs
+    print(f"\nthe stacked step against the device ({calibrate.device_promise_line(module)}):")
+    for kind, seconds in steps.items():
+        print("  " + calibrate.step_split_line(module, kind, seconds, runs=runs, n_freq=args.freq, batch=args.batch),
+              flush=True)
     return 0
 
 

@@ -10,7 +10,8 @@ and moves data to the host only through ``backend.to_host`` (which calls
 ``counting``: the same strictness, plus CuPy's kernel interfaces
 (``ElementwiseKernel``, ``ReductionKernel``), whose CUDA sources it runs as
 Python (:mod:`nca_np.kernels` writes every source so that it is valid
-Python given the helpers of ``kernels.NUMPY_HELPERS``), and a count of the
+Python given the helpers of ``kernels.NUMPY_HELPERS``), ``RawKernel`` for
+the kernels of ``kernels.RAW_EMULATIONS`` (run as their NumPy emulation), and a count of the
 operations that would launch device work: every kernel call, module
 function, array operator, copy and reduction, but not views (reshape,
 transpose, basic slicing) nor allocations of uninitialised memory. Read it
@@ -27,7 +28,7 @@ import types
 import numpy
 
 from nca_np import backend
-from nca_np.kernels import NUMPY_HELPERS
+from nca_np.kernels import NUMPY_HELPERS, RAW_EMULATIONS
 
 
 class ImplicitConversion(TypeError):
@@ -174,7 +175,7 @@ class _StrictModule(types.ModuleType):
     """``strict.zeros``, ``strict.matmul`` …: NumPy's functions on StrictArrays."""
 
     array_type = StrictArray
-    hidden = ("ElementwiseKernel", "ReductionKernel", "cuda", "asnumpy", "get_default_memory_pool")
+    hidden = ("ElementwiseKernel", "ReductionKernel", "RawKernel", "cuda", "asnumpy", "get_default_memory_pool")
 
     def __getattr__(self, name):
         if name.startswith("__") or name in self.hidden:
@@ -301,6 +302,17 @@ def _reduction_kernel(in_params, out_params, map_expr, reduce_expr, post_map_exp
     return run
 
 
+def _raw_kernel(code, name, options=(), **kwargs):
+    """A CuPy ``RawKernel`` of nca_np.kernels, run as its NumPy emulation
+    (``kernels.RAW_EMULATIONS``: a CUDA source cannot run as Python)."""
+    emulation = RAW_EMULATIONS[name]
+
+    def run(grid, block, args, **launch):
+        _counts.by_kind["launch"] += 1
+        emulation(tuple(grid), tuple(block), tuple(_unwrap(a) for a in args))
+    return run
+
+
 class _CountingModule(_StrictModule):
     """``strict`` with CuPy's kernel interfaces, counting what it launches."""
 
@@ -308,6 +320,7 @@ class _CountingModule(_StrictModule):
     hidden = ("cuda", "asnumpy", "get_default_memory_pool")
     ElementwiseKernel = staticmethod(_elementwise_kernel)
     ReductionKernel = staticmethod(_reduction_kernel)
+    RawKernel = staticmethod(_raw_kernel)
 
     @property
     def launches(self) -> int:

@@ -197,3 +197,63 @@ def test_batched_matmul_refuses_matrices_without_contiguous_rows():
     W = numpy.zeros((2, 4, 4))
     with pytest.raises(ValueError, match="contiguous rows"):
         kernels.gemm_arguments((3, 4), (8, 8 * 3), W.shape, W.strides, (2, 3, 4), (96, 32, 8), 8)
+
+
+@pytest.mark.parametrize("operand", ["a", "b"])
+def test_batched_matmul_refuses_stacks_of_another_batch_size(operand):
+    """A 2-run operand for a 3-run output: NumPy's matmul raises, and cuBLAS
+    would read a third matrix past the end of the operand."""
+    a_shape = (2, 3, 4) if operand == "a" else (3, 3, 4)
+    b_shape = (2, 4, 5) if operand == "b" else (3, 4, 5)
+    a, b, out = numpy.zeros(a_shape), numpy.zeros(b_shape), numpy.zeros((3, 3, 5))
+    with pytest.raises(ValueError):
+        numpy.matmul(a, b, out=out)
+    with pytest.raises(ValueError, match="a stack of 2 matrices .* for 3 outputs"):
+        kernels.gemm_arguments(a.shape, a.strides, b.shape, b.strides, out.shape, out.strides, 8)
+    shared = numpy.zeros((3, 4))  # a 2-D operand is shared by every run: no batch to check
+    assert kernels.gemm_arguments(shared.shape, shared.strides, (3, 4, 5), (160, 40, 8), out.shape, out.strides,
+                                  8)["batch"] == 3
+
+
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+@pytest.mark.parametrize("masked", [False, True], ids=["estimate", "mask"])
+def test_grid_wide_loss_sum_equals_the_numpy_sum_in_one_launch(dtype, masked):
+    """The two-stage reduction, run by the stand-in as its step-by-step
+    emulation, over several blocks per run, into a strided column."""
+    runs, batch, n_freq = 3, 8, 700  # 5600 elements a run: 6 blocks of 256 threads
+    assert kernels.reduction_blocks(batch * n_freq) == 6
+    v = numpy.maximum(_draw((runs, batch, n_freq), 20, dtype=dtype), 0)
+    (v, y, x), (v_dev, y_dev, x_dev) = _both(v, _draw((batch, n_freq), 21, dtype=dtype),
+                                             _draw((batch, n_freq), 22, 0.0, 2.0, dtype=dtype))
+    x, x_dev = (x, x_dev) if masked else (None, None)
+    expected = numpy.empty(runs)
+    kernels.squared_error(v, y, x, out=expected)  # the NumPy form
+    estimate = (x * v if masked else v).astype(numpy.float64)
+    exact = ((estimate - y.astype(numpy.float64)) ** 2).sum(axis=(1, 2))
+    table = counting.zeros((runs, 4), dtype=numpy.float64)  # a column of it, as training writes
+    for column in (1, 2):  # the first launch also makes the reduction's buffers
+        counting.reset()
+        kernels.squared_error(v_dev, y_dev, x_dev, out=table[:, column])
+    assert counting.launches == 1
+    host = backend.to_host(table)
+    numpy.testing.assert_array_equal(host[:, 1], host[:, 2])  # the same order at every launch
+    assert (host[:, [0, 3]] == 0).all()
+    numpy.testing.assert_allclose(host[:, 1], expected, rtol=1e-13)
+    if dtype == numpy.float64:
+        numpy.testing.assert_allclose(host[:, 1], exact, rtol=1e-13)
+    else:  # the float32 difference ŷ − y is rounded before it is squared, in both forms
+        numpy.testing.assert_allclose(host[:, 1], exact, rtol=1e-6)
+
+
+def test_grid_wide_loss_sum_blocks_depend_on_the_sizes_only():
+    assert kernels.reduction_blocks(1) == 1
+    assert kernels.reduction_blocks(64 * 2049) == 129  # the paper's batch: 129 blocks per run, not 1
+    assert kernels.reduction_blocks(10**9) == kernels.REDUCE_MAX_BLOCKS
+    v = numpy.ones((2, 4, 5))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        kernels._launch_squared_error(counting, None, backend.to_device(v, counting)[:, :, ::2],
+                                      counting.zeros((4, 3)), None, counting.zeros(2))
+    targets = _draw((4, 10), 23)
+    out = counting.zeros(2, dtype=numpy.float64)
+    kernels.squared_error(backend.to_device(v, counting), backend.to_device(targets, counting)[:, ::2], out=out)
+    numpy.testing.assert_allclose(backend.to_host(out), ((v - targets[:, ::2]) ** 2).sum(axis=(1, 2)), rtol=1e-14)

@@ -10,7 +10,7 @@ from nca_np.cli import main
 from nca_np.config import load_profile
 from nca_np.experiment import Workspace
 
-PROFILE = str(Path(__file__).resolve().parent / "tiny_profile.toml")
+PROFILE = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.toml")
 
 
 @pytest.fixture
