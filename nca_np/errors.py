@@ -20,6 +20,11 @@ class ConfigError(UserError):
     """A configuration profile or override is invalid."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (SLURM's time limit, ``scancel``, ``kill``): handled
+    like Ctrl-C, so every write in progress is undone on the way out."""
+
+
 #: What to do about the operating system's failures, by errno name; the
 #: command line prints one of these (with the path) instead of a traceback.
 OS_ADVICE = {
@@ -45,9 +50,27 @@ def describe_os_error(exc: OSError, where=None) -> str | None:
     kinds (those are bugs and keep their traceback)."""
     import errno
 
+    exc = _first_failure(exc)
     name = errno.errorcode.get(exc.errno or -1)
     if name not in OS_ADVICE:
         return None
     path = exc.filename if exc.filename is not None else (f"a file under {where}" if where else "a file")
     also = f" (and {exc.filename2})" if exc.filename2 is not None else ""
     return f"cannot use {path}{also}: {OS_ADVICE[name]}; then run the same command again (finished work is kept)"
+
+
+def _first_failure(exc: OSError) -> OSError:
+    """The failure that started it all. A write in a ``finally`` (the
+    timings file) that fails while the stage's own failure unwinds (the
+    same full disk) carries that one in its chain: the line names the file
+    whose write failed first, not the timings file. Only links of the same
+    errno are followed (an unrelated error handled earlier is not the cause)."""
+    chosen, link = exc, exc
+    while True:
+        following = link.__cause__ if link.__cause__ is not None else (
+            None if link.__suppress_context__ else link.__context__)
+        if not isinstance(following, OSError) or following.errno != exc.errno:
+            return chosen
+        link = following
+        if link.filename is not None:
+            chosen = link
