@@ -131,6 +131,20 @@ def _epochs_in(path) -> int:
                         "delete it to start that run again") from exc
 
 
+def recorded_health(run_dir) -> dict | None:
+    """The health :func:`run_health` recorded in a finished run's
+    ``model.npz`` (``meta["health"]``, plus ``improved``, ``first_loss``
+    and ``best_loss``); None for a run trained before health was recorded.
+    Reads the meta record only."""
+    path = Path(run_dir) / FINAL_MODEL
+    try:
+        with numpy.load(path, allow_pickle=False) as data:
+            return json.loads(str(data["meta"])).get("health")
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise UserError(f"{path}: not a readable nca_np model ({type(exc).__name__}: {exc}); "
+                        "delete it to train that run again") from exc
+
+
 def load_model(path, *, module=None) -> tuple[Model, dict, dict]:
     """A model saved by training, on ``module`` (default: the active one).
 
