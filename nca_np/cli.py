@@ -237,7 +237,9 @@ def _work_folder_lock(args, shard):
     work folder (not ``separate``, which writes to --out, nor ``--plan``)."""
     if args.command == "separate" or getattr(args, "plan", False):
         return contextlib.nullcontext()
-    return lock.hold(args.workdir.resolve(), shard_index=shard.index, shard_count=shard.count, log=_log)
+    command = f"nca-np {args.command}" + (f" --shard {shard.index}/{shard.count}" if shard.count > 1 else "")
+    return lock.hold(args.workdir.resolve(), shard_index=shard.index, shard_count=shard.count, command=command,
+                     log=_log)
 
 
 @contextlib.contextmanager
