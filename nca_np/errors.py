@@ -62,15 +62,19 @@ def describe_os_error(exc: OSError, where=None) -> str | None:
 def _first_failure(exc: OSError) -> OSError:
     """The failure that started it all. A write in a ``finally`` (the
     timings file) that fails while the stage's own failure unwinds (the
-    same full disk) carries that one in its chain: the line names the file
-    whose write failed first, not the timings file. Only links of the same
-    errno are followed (an unrelated error handled earlier is not the cause)."""
-    chosen, link = exc, exc
+    same full disk) has that failure as its implicit context, possibly
+    under an explicit ``raise … from`` that names its path: the line names
+    the file whose write failed first, as its own writer named it. Explicit
+    causes are renamings of one failure and keep the outer name; only
+    failures of the same errno count (an unrelated error handled earlier is
+    not the cause)."""
     while True:
-        following = link.__cause__ if link.__cause__ is not None else (
-            None if link.__suppress_context__ else link.__context__)
-        if not isinstance(following, OSError) or following.errno != exc.errno:
-            return chosen
-        link = following
-        if link.filename is not None:
-            chosen = link
+        earlier, link = None, exc
+        while link is not None and earlier is None:
+            context = None if link.__suppress_context__ else link.__context__
+            if isinstance(context, OSError) and context is not link.__cause__ and context.errno == exc.errno:
+                earlier = context
+            link = link.__cause__ if isinstance(link.__cause__, OSError) else None
+        if earlier is None:
+            return exc
+        exc = earlier

@@ -79,3 +79,14 @@ def test_an_unrelated_earlier_error_is_not_named():
             raise OSError(errno.ENOSPC, "No space left on device", "/new")
     except OSError as exc:
         assert describe_os_error(exc).startswith("cannot use /new: no space left")
+
+
+def test_an_explicit_renaming_keeps_the_outer_name():
+    """preflight's probe failure re-raised naming the folder it stands for."""
+    try:
+        try:
+            raise OSError(errno.EROFS, "Read-only file system", "/work/.probe")
+        except OSError as probe:
+            raise OSError(errno.EROFS, "Read-only file system", "/work/data") from probe
+    except OSError as exc:
+        assert describe_os_error(exc).startswith("cannot use /work/data: it is on a read-only file system")
