@@ -15,8 +15,13 @@ reports them. A unit ends by writing::
 
     evaluation/<profile>-<train hash>/<kind>/run_NN/tNNNNN.json
 
-atomically, so a rerun skips finished units; ``--shard i/n`` takes every
-n-th unit of the sorted list. The stage needs the audio: on a machine with
+atomically, so a rerun skips finished units (a unit file found damaged is
+named and computed again); ``--shard i/n`` takes every n-th unit of the
+sorted list. A unit that cannot be scored — a run that training recorded as
+dead (:func:`nca_np.train.run_health`), an all-zero estimate, museval
+failing on the excerpt — is written with ``failed`` (the reason) in place of
+its scores: it counts as done, and the report leaves it out of the table
+and counts it in its note. The stage needs the audio: on a machine with
 only the feature cache it stops with one line (:class:`EvaluationUnavailable`),
 ``reproduce`` goes on without it and the report leaves the table out with a
 note.
