@@ -65,14 +65,15 @@ def _first_failure(exc: OSError) -> OSError:
     same full disk) has that failure as its implicit context, possibly
     under an explicit ``raise … from`` that names its path: the line names
     the file whose write failed first, as its own writer named it. Explicit
-    causes are renamings of one failure and keep the outer name; only
+    causes are renamings of one failure and keep the outer name; only named
     failures of the same errno count (an unrelated error handled earlier is
-    not the cause)."""
+    not the cause, a library's unnamed inner failure adds nothing)."""
     while True:
         earlier, link = None, exc
         while link is not None and earlier is None:
             context = None if link.__suppress_context__ else link.__context__
-            if isinstance(context, OSError) and context is not link.__cause__ and context.errno == exc.errno:
+            if (isinstance(context, OSError) and context is not link.__cause__ and context.errno == exc.errno
+                    and context.filename is not None):
                 earlier = context
             link = link.__cause__ if isinstance(link.__cause__, OSError) else None
         if earlier is None:
