@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy
 import pytest
@@ -138,12 +137,17 @@ def test_a_second_command_on_a_held_work_folder_is_refused(tmp_path):
 
 
 def test_sigterm_ends_training_like_ctrl_c_and_it_resumes(trained, tmp_path):
+    """A second train on the folder meanwhile is refused; SIGTERM then ends
+    the first with one line, and the same command resumes it."""
     workdir = copy_of(trained, tmp_path)
-    longer = (*SETTINGS, "--set", "train.max_epochs=40", "--set", "train.patience_stop=40")
+    longer = (*SETTINGS, "--set", "train.max_epochs=100", "--set", "train.patience_stop=100")
     process = subprocess.Popen([sys.executable, *_command(workdir, "train", settings=longer)], env=_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in process.stdout:
         if "epoch 3 " in line:
+            second = nca(workdir, "train", settings=longer, check=False)
+            assert_one_clear_line(second, EXIT_LOCKED, f"in use by process {process.pid}", "nca-np train")
+            assert process.poll() is None  # still training when refused and when stopped
             process.send_signal(signal.SIGTERM)
             break
     stderr = process.stderr.read()
