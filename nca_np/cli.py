@@ -16,20 +16,22 @@ interrupted one. Settings come from a profile (configs/<name>.toml) and
 A failure is one line on standard error, never a traceback for something a
 user can act on: exit status 2 for bad input or settings, 74 for the
 operating system's failures (disk full, read-only or missing folder,
-permission denied: the line names the path), 130 for an interruption.
+permission denied: the line names the path), 75 when another command holds
+the work folder (:mod:`nca_np.lock`), 130 for Ctrl-C and 143 for SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
 from pathlib import Path
 
-from . import backend, experiment
+from . import backend, experiment, lock
 from .config import load_profile
-from .errors import UserError, describe_os_error
+from .errors import Terminated, UserError, describe_os_error
 from .models import kind_names
 
 STAGE_HELP = {
@@ -175,7 +177,8 @@ def run(args) -> int:
     config = load_profile(args.profile or os.environ.get("NCA_NP_PROFILE", "paper"), args.overrides)
     ws = experiment.Workspace(args.workdir.resolve(), config, tuple(args.overrides))
     progress = not args.quiet and sys.stderr.isatty()
-    shard = experiment.Shard.parse(getattr(args, "shard", None))
+    shard = experiment.Shard.parse(_shard_text(args))
+    _HELD.enter_context(_work_folder_lock(args, shard))
     started = time.perf_counter()
     if args.command == "synth":
         experiment.synth_stage(ws, log=_log)
@@ -226,7 +229,11 @@ def main(argv=None) -> int:
     argv = _joined_shard(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        with _sigterm_as_interrupt(), _warnings_into_log(), _HELD:
+            return run(args)
+    except lock.FolderLocked as exc:
+        print(f"nca-np {args.command}: error: {exc}", file=sys.stderr)
+        return lock.EXIT_LOCKED
     except UserError as exc:
         print(f"nca-np {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -236,10 +243,75 @@ def main(argv=None) -> int:
             raise
         print(f"nca-np {args.command}: error: {line}", file=sys.stderr)
         return EXIT_OS_ERROR
-    except KeyboardInterrupt:
-        print(f"\nnca-np {args.command}: interrupted; rerun the same command to continue where it stopped",
+    except KeyboardInterrupt as exc:
+        how = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+        print(f"\nnca-np {args.command}: {how}; rerun the same command to continue where it stopped",
               file=sys.stderr)
-        return 130
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+
+
+# ---------------------------------------------------------------- lock, signals, warnings
+
+#: Exit status after Ctrl-C (128 + SIGINT) and after SIGTERM (128 + SIGTERM,
+#: what SLURM sends at the time limit or on scancel).
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+#: The work folder's lock while a command runs (released when main returns).
+_HELD = contextlib.ExitStack()
+
+
+def _shard_text(args) -> str | None:
+    """``--shard``'s text; an empty one is refused (it would silently mean
+    "no sharding", every unit)."""
+    text = getattr(args, "shard", None)
+    if text is not None and not text.strip():
+        raise UserError(f"--shard {text!r} is empty: write it as i/n, e.g. 0/4 for the first of four, "
+                        "or leave the option out to do every unit")
+    return text
+
+
+def _work_folder_lock(args, shard):
+    """The lock of :mod:`nca_np.lock` for a command that writes into the
+    work folder (not ``separate``, which writes to --out, nor ``--plan``)."""
+    if args.command == "separate" or getattr(args, "plan", False):
+        return contextlib.nullcontext()
+    command = f"nca-np {args.command}" + (f" --shard {shard.index}/{shard.count}" if shard.count > 1 else "")
+    return lock.hold(args.workdir.resolve(), shard_index=shard.index, shard_count=shard.count, command=command,
+                     log=_log)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM ends the command as Ctrl-C does (every write in progress
+    undone, one line), with exit status :data:`EXIT_TERMINATED`."""
+    import signal
+
+    def stop(signum, frame):
+        raise Terminated()
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _warnings_into_log():
+    """Warnings (NumPy's RuntimeWarnings and others) become log lines on
+    standard output, so that standard error holds only the one-line error."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        _log(f"warning: {message} ({category.__name__}, {Path(filename).name}:{lineno})")
+    previous, warnings.showwarning = warnings.showwarning, show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":

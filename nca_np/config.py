@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import tomllib
 from pathlib import Path
 
@@ -58,12 +59,36 @@ def load_profile(name_or_path: str, overrides=()) -> dict:
     return config
 
 
+def _number(value) -> bool:
+    """An int or float, not a bool (TOML's true would pass ``> 0``)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _positive(value) -> bool:
-    return value > 0
+    return _number(value) and value > 0
+
+
+def _finite_positive(value) -> bool:
+    return _positive(value) and math.isfinite(value)
+
+
+def _natural(value) -> bool:
+    """An integer ≥ 0 (a seed, a count that may be zero)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _counting(value) -> bool:
+    """An integer ≥ 1 (epochs, runs, iterations, frames)."""
+    return _natural(value) and value >= 1
 
 
 def _fraction(value) -> bool:
-    return 0 < value < 1
+    return _number(value) and 0 < value < 1
+
+
+def _momentum(value) -> bool:
+    """Adam's β: 0 allowed (no averaging), 1 not (the average would never move)."""
+    return _number(value) and 0 <= value < 1
 
 
 def _choices(*allowed):
@@ -77,41 +102,44 @@ def _subset(*allowed):
 #: What each setting must satisfy, with the words the error uses.
 RULES = {
     "data.corpus": (_choices("musdb18", "synthetic"), "'musdb18' or 'synthetic'"),
-    "data.excerpt_seconds": (_positive, "positive"),
-    "data.device_budget_gb": (lambda v: v >= 0, "zero or positive"),
+    "data.excerpt_seconds": (_finite_positive, "a finite positive number of seconds"),
+    "data.device_budget_gb": (lambda v: _number(v) and 0 <= v < math.inf, "zero or a finite positive number"),
     "data.device_storage": (_choices("float16", "float32"), "'float16' or 'float32'"),
-    "data.synth_train_tracks": (_positive, "positive"),
-    "data.synth_test_tracks": (_positive, "positive"),
-    "data.synth_seconds": (_positive, "positive"),
-    "data.synth_test_seconds": (_positive, "positive"),
+    "data.synth_train_tracks": (_counting, "an integer of at least 1"),
+    "data.synth_test_tracks": (_counting, "an integer of at least 1"),
+    "data.synth_seconds": (_finite_positive, "a finite positive number of seconds"),
+    "data.synth_test_seconds": (_finite_positive, "a finite positive number of seconds"),
+    "data.synth_seed": (_natural, "an integer of at least 0 (seeds are never negative)"),
     "train.kinds": (lambda v: _subset(*kind_names())(v), lambda: f"a list of distinct kinds from {', '.join(kind_names())}"),
-    "train.runs": (_positive, "positive"),
-    "train.batch_size": (_positive, "positive"),
-    "train.learning_rate": (_positive, "positive"),
-    "train.beta1": (_fraction, "between 0 and 1"),
-    "train.beta2": (_fraction, "between 0 and 1"),
-    "train.eps": (_positive, "positive"),
-    "train.patience_halve": (_positive, "positive"),
-    "train.patience_stop": (_positive, "positive"),
-    "train.max_epochs": (_positive, "positive"),
+    "train.runs": (_counting, "an integer of at least 1"),
+    "train.batch_size": (_counting, "an integer of at least 1"),
+    "train.learning_rate": (_finite_positive, "a finite positive number"),
+    "train.beta1": (_momentum, "at least 0 and below 1"),
+    "train.beta2": (_momentum, "at least 0 and below 1"),
+    "train.eps": (_finite_positive, "a finite positive number"),
+    "train.patience_halve": (_counting, "an integer of at least 1"),
+    "train.patience_stop": (_counting, "an integer of at least 1"),
+    "train.max_epochs": (_counting, "an integer of at least 1"),
+    "train.seed": (_natural, "an integer of at least 0 (seeds are never negative)"),
     "train.dtype": (_choices("float32", "float64"), "'float32' or 'float64'"),
     "nca.strategies": (lambda v: _subset(*strategy_names())(v), lambda: f"a list from {', '.join(strategy_names())}"),
-    "nca.segment_frames": (_positive, "positive"),
-    "nca.iterations": (_positive, "positive"),
-    "nca.learning_rate": (_positive, "positive"),
+    "nca.segment_frames": (_counting, "an integer of at least 1"),
+    "nca.iterations": (_counting, "an integer of at least 1"),
+    "nca.learning_rate": (_finite_positive, "a finite positive number"),
     "nca.composition": (_choices("paper", "authors-code"), "'paper' or 'authors-code'"),
-    "nca.max_iterations": (_positive, "positive (and at least nca.iterations)"),
+    "nca.seed": (_natural, "an integer of at least 0 (seeds are never negative)"),
+    "nca.max_iterations": (_counting, "an integer of at least 1 (and at least nca.iterations)"),
     "nca.tolerance": (_fraction, "between 0 and 1"),
-    "nca.halvings": (lambda v: v >= 0, "zero or positive"),
-    "nca.checkpoint_every": (_positive, "positive"),
-    "nca.init_seeds": (lambda v: v >= 0, "zero or positive"),
-    "nca.spread_segments": (lambda v: v >= 0, "zero or positive"),
-    "nca.local_map_stride": (_positive, "positive"),
+    "nca.halvings": (_natural, "an integer of at least 0"),
+    "nca.checkpoint_every": (_counting, "an integer of at least 1"),
+    "nca.init_seeds": (_natural, "an integer of at least 0"),
+    "nca.spread_segments": (_natural, "an integer of at least 0"),
+    "nca.local_map_stride": (_counting, "an integer of at least 1"),
 }
 
 
 #: Settings with no constraint beyond their type (checked by overrides).
-FREE_KEYS = ("data.root", "data.is_wav", "data.synth_seed", "train.seed", "nca.seed")
+FREE_KEYS = ("data.root", "data.is_wav")
 
 
 def _check_known_keys(config: dict) -> None:

@@ -20,6 +20,11 @@ class ConfigError(UserError):
     """A configuration profile or override is invalid."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (SLURM's time limit, ``scancel``, ``kill``): handled
+    like Ctrl-C, so every write in progress is undone on the way out."""
+
+
 #: What to do about the operating system's failures, by errno name; the
 #: command line prints one of these (with the path) instead of a traceback.
 OS_ADVICE = {
@@ -45,9 +50,32 @@ def describe_os_error(exc: OSError, where=None) -> str | None:
     kinds (those are bugs and keep their traceback)."""
     import errno
 
+    exc = _first_failure(exc)
     name = errno.errorcode.get(exc.errno or -1)
     if name not in OS_ADVICE:
         return None
     path = exc.filename if exc.filename is not None else (f"a file under {where}" if where else "a file")
     also = f" (and {exc.filename2})" if exc.filename2 is not None else ""
     return f"cannot use {path}{also}: {OS_ADVICE[name]}; then run the same command again (finished work is kept)"
+
+
+def _first_failure(exc: OSError) -> OSError:
+    """The failure that started it all. A write in a ``finally`` (the
+    timings file) that fails while the stage's own failure unwinds (the
+    same full disk) has that failure as its implicit context, possibly
+    under an explicit ``raise … from`` that names its path: the line names
+    the file whose write failed first, as its own writer named it. Explicit
+    causes are renamings of one failure and keep the outer name; only named
+    failures of the same errno count (an unrelated error handled earlier is
+    not the cause, a library's unnamed inner failure adds nothing)."""
+    while True:
+        earlier, link = None, exc
+        while link is not None and earlier is None:
+            context = None if link.__suppress_context__ else link.__context__
+            if (isinstance(context, OSError) and context is not link.__cause__ and context.errno == exc.errno
+                    and context.filename is not None):
+                earlier = context
+            link = link.__cause__ if isinstance(link.__cause__, OSError) else None
+        if earlier is None:
+            return exc
+        exc = earlier

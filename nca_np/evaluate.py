@@ -15,8 +15,13 @@ reports them. A unit ends by writing::
 
     evaluation/<profile>-<train hash>/<kind>/run_NN/tNNNNN.json
 
-atomically, so a rerun skips finished units; ``--shard i/n`` takes every
-n-th unit of the sorted list. The stage needs the audio: on a machine with
+atomically, so a rerun skips finished units (a unit file found damaged is
+named and computed again); ``--shard i/n`` takes every n-th unit of the
+sorted list. A unit that cannot be scored — a run that training recorded as
+dead (:func:`nca_np.train.run_health`), an all-zero estimate, museval
+failing on the excerpt — is written with ``failed`` (the reason) in place of
+its scores: it counts as done, and the report leaves it out of the table
+and counts it in its note. The stage needs the audio: on a machine with
 only the feature cache it stops with one line (:class:`EvaluationUnavailable`),
 ``reproduce`` goes on without it and the report leaves the table out with a
 note.
@@ -30,7 +35,7 @@ from pathlib import Path
 
 import numpy
 
-from . import backend
+from . import backend, preflight
 from .atomic import write_json
 from .errors import DataError, UserError
 from .train import FINAL_MODEL
@@ -92,8 +97,7 @@ def score_excerpt(references: dict, estimates: dict, sample_rate: int, track_nam
         museval's frame values (infinite ones as NaN, quantised to 1e-5 as
         museval stores them) and their median over the finite ones.
     """
-    import museval
-
+    museval = _museval()
     channels = references[TARGETS[0]].shape[1]
     ests = [estimates[t] if numpy.ndim(estimates[t]) == 2 else upmix(estimates[t], channels) for t in TARGETS]
     window = int(WINDOW_SECONDS * sample_rate)
@@ -113,6 +117,29 @@ def _target_scores(store, target: dict) -> dict:
     return {"median": medians, "frames": frames}
 
 
+def _museval():
+    """``museval``, made to work with NumPy 2.
+
+    museval 0.4.1 catches ``np.linalg.linalg.LinAlgError`` around its
+    distortion filters' solve; NumPy 2 removed ``numpy.linalg.linalg``, so
+    evaluating that ``except`` clause raised AttributeError in place of
+    whatever was raised (a singular matrix, Ctrl-C). The alias restores
+    museval's own handling (least squares for a singular matrix) and lets
+    an interruption through.
+    """
+    import types
+
+    import museval
+
+    if not hasattr(numpy.linalg, "linalg"):
+        numpy.linalg.linalg = types.SimpleNamespace(LinAlgError=numpy.linalg.LinAlgError)
+    return museval
+
+
+class UnitFailed(Exception):
+    """A unit that cannot be scored: recorded as failed, with its reason."""
+
+
 # ---------------------------------------------------------------- audio
 
 
@@ -129,18 +156,22 @@ def _require_museval() -> None:
 
 
 def _test_tracks(cache, musdb_root) -> dict:
-    """The test tracks of the prepared data, by name, from ``musdb_root`` or
-    the root ``prepare`` read."""
+    """The test tracks of the prepared data, by name, from the dataset root
+    ``musdb_root`` (see :func:`_audio_root`)."""
     from .data import musdb_io
 
     recorded = cache.manifest["data"]
-    root = Path(musdb_root if musdb_root else recorded["root"]).expanduser()
+    root = Path(musdb_root).expanduser()
     if not (root / "test").is_dir():
         raise EvaluationUnavailable(
             f"evaluate reads the test tracks' audio, and {root / 'test'} is not on this machine (the feature "
             "cache holds magnitudes only): run `nca-np evaluate` where the dataset is, or pass --musdb-root")
     _require_museval()
-    refs = {ref.name: ref for ref in musdb_io.list_tracks(root, "test", is_wav=recorded["is_wav"])}
+    layout = "MUSDB18-HQ (.wav)" if recorded["is_wav"] else "MUSDB18 (.stem.mp4)"
+    advice = (f"the features were prepared from the {layout} release, which evaluate reads again: pass the "
+              "--musdb-root of that release (the one `nca-np prepare` read)")
+    refs = {ref.name: ref for ref in musdb_io.list_tracks(root, "test", is_wav=recorded["is_wav"],
+                                                          layout_advice=advice)}
     missing = [entry["name"] for entry in cache.manifest["test"] if entry["name"] not in refs]
     if missing:
         raise DataError(f"test track {missing[0]!r} of the feature cache is not in {root / 'test'}: "
@@ -176,6 +207,11 @@ def _require_trained(ws, pairs) -> None:
 def evaluate_stage(ws, *, musdb_root=None, shard=None, kinds=None, progress=True, log=print) -> None:
     """Separate and score every (kind, run, test track) unit of this shard not done yet.
 
+    A unit file found damaged is named and computed again; ``tracks.json``
+    is written again when missing or damaged. A unit that cannot be scored
+    (a dead run, museval failing on its excerpt) is written as failed, with
+    the reason (``failed``), and counts as done.
+
     Raises:
         EvaluationUnavailable: the test audio, museval or ffmpeg is missing here.
         UserError: runs not trained, audio that differs from the prepared features.
@@ -186,13 +222,16 @@ def evaluate_stage(ws, *, musdb_root=None, shard=None, kinds=None, progress=True
     config = ws.config
     cache = open_prepared_cache(ws)
     units = shard.select(evaluation_units(config, cache.manifest["test"], kinds))
+    if evaluation_dir(ws).is_dir():
+        _record_tracks(ws, cache, log)
+    preflight.discard_damaged(((unit_path(ws, *unit), unit_damage, ()) for unit in units), log=log)
     todo = [unit for unit in units if not unit_path(ws, *unit).exists()]
     log(f"evaluate: {len(units)} (model, run, track) units in this shard, {len(units) - len(todo)} already done")
     if not todo:
         return
     _require_trained(ws, {(kind, run) for kind, run, _ in todo})
-    refs = _test_tracks(cache, musdb_root)
-    _record_tracks(ws, cache)
+    refs = _test_tracks(cache, _audio_root(ws, cache, musdb_root))
+    _record_tracks(ws, cache, log)
     record = {"cache_key": cache.key, "code_version": code_version(), "window_seconds": WINDOW_SECONDS,
               "mode": MODE, "versions": backend.versions("museval", "scipy", "soundfile")}
     module = backend.xp()
@@ -209,39 +248,116 @@ def evaluate_stage(ws, *, musdb_root=None, shard=None, kinds=None, progress=True
         _record_time(evaluation_dir(ws), "evaluate", shard, time.perf_counter() - started)
 
 
-def _record_tracks(ws, cache) -> None:
-    """``tracks.json``: the test tracks the units cover, for the report (which reads no cache)."""
+#: What every unit file holds, scored or failed.
+UNIT_KEYS = ("kind", "run", "track", "cache_key", "code_version")
+
+
+def unit_damage(path) -> str | None:
+    """Why an evaluation unit file cannot count as done (None: it can): not
+    JSON, keys missing, or neither scores nor a failure recorded."""
+    reason = preflight.json_damage(path, UNIT_KEYS)
+    if reason is not None:
+        return reason
+    unit = json.loads(Path(path).read_text(encoding="utf-8"))
+    if "failed" in unit:
+        return None
+    scores = unit.get("scores")
+    if not isinstance(scores, dict) or any(not isinstance(scores.get(t), dict) for t in TARGETS):
+        return "lacks scores"
+    return None
+
+
+def _audio_root(ws, cache, musdb_root) -> Path:
+    """Where the test audio is: ``--musdb-root`` when given; else the first
+    of these that holds a test/ folder: the work folder's own synthetic
+    corpus (a copied or moved work folder reads its copy, not the path
+    recorded when it was prepared) or ``data.root``, ``$MUSDB_PATH``, the
+    root ``prepare`` read."""
+    import os
+
+    if musdb_root:
+        return Path(musdb_root).expanduser()
+    data = ws.config["data"]
+    candidates = [ws.root / "data" / "synthetic" if data["corpus"] == "synthetic" and not data["root"]
+                  else Path(data["root"]) if data["root"] else None,
+                  Path(os.environ["MUSDB_PATH"].strip()) if os.environ.get("MUSDB_PATH", "").strip() else None,
+                  Path(cache.manifest["data"]["root"])]
+    candidates = [path.expanduser() for path in candidates if path is not None]
+    return next((path for path in candidates if (path / "test").is_dir()), candidates[0])
+
+
+def _record_tracks(ws, cache, log=None) -> None:
+    """``tracks.json``: the test tracks the units cover, for the report (which
+    reads no cache); written again when missing, damaged or out of date."""
     tracks = {"cache_key": cache.key,
               "tracks": [{key: entry[key] for key in ("index", "name")} for entry in cache.manifest["test"]]}
     path = evaluation_dir(ws) / TRACKS
-    if not path.exists() or json.loads(path.read_text()) != tracks:
-        write_json(path, tracks)
+    damage = preflight.json_damage(path, ("cache_key", "tracks"))
+    if damage is None and json.loads(path.read_text(encoding="utf-8")) == tracks:
+        return
+    if damage not in (None, "missing") and log:
+        log(f"{path} is damaged ({damage}): written again")
+    write_json(path, tracks)
 
 
 def evaluate_unit(ws, kind: str, run: int, entry: dict, excerpt, *, module=None, record=None) -> dict:
-    """Separate one excerpt with one run, score it, write the unit file; returns the unit."""
+    """Separate one excerpt with one run, score it, write the unit file; returns the unit.
+
+    A unit that cannot be scored is written with ``failed`` (the reason) in
+    place of ``scores`` and ``frames``: a dead run (recorded by training, or
+    an all-zero estimate of this excerpt), or museval failing on it.
+    """
     from .experiment import run_seed
-    from .separate import Separator
 
     started = time.perf_counter()
-    separator = Separator.from_run(ws.run_dir(kind, run), module=module)
-    vocals, accompaniment = separator.separate(excerpt.mixture, excerpt.sample_rate)
-    scores = score_excerpt(excerpt.references, {"vocals": vocals, "accompaniment": accompaniment},
-                           excerpt.sample_rate, entry["name"])
     unit = {**(record or {}), "kind": kind, "run": run, "model_seed": run_seed(ws.config, run),
             "track": entry["name"], "track_index": entry["index"],
             "excerpt": {key: entry[key] for key in ("start_s", "end_s", "source", "start_sample", "n_samples")},
-            "sample_rate": excerpt.sample_rate, "channels": int(excerpt.references["vocals"].shape[1]),
-            "scores": {target: scores[target]["median"] for target in TARGETS},
-            "frames": {target: scores[target]["frames"] for target in TARGETS},
-            "seconds": time.perf_counter() - started}
+            "sample_rate": excerpt.sample_rate, "channels": int(excerpt.references["vocals"].shape[1])}
+    try:
+        unit.update(_scores(ws, kind, run, entry, excerpt, module))
+    except UnitFailed as exc:
+        unit["failed"] = str(exc)
+    unit["seconds"] = time.perf_counter() - started
     write_json(unit_path(ws, kind, run, entry), unit)
     return unit
 
 
+def _scores(ws, kind: str, run: int, entry: dict, excerpt, module) -> dict:
+    """``{"scores", "frames"}`` of one run on one excerpt.
+
+    Raises:
+        UnitFailed: a dead run, or museval failing on this excerpt.
+    """
+    from .separate import Separator
+    from .train import recorded_health
+
+    run_dir = ws.run_dir(kind, run)
+    health = recorded_health(run_dir)
+    if health is not None and health.get("dead"):
+        raise UnitFailed(f"the run is dead ({health.get('reason')}): it separates nothing")
+    vocals, accompaniment = Separator.from_run(run_dir, module=module).separate(excerpt.mixture,
+                                                                                excerpt.sample_rate)
+    if not numpy.any(vocals):
+        raise UnitFailed("the run's vocals estimate of this excerpt is all zeros (a dead network): "
+                         "BSS Eval cannot score silence")
+    where = f"{entry['name']!r} {entry['start_s']:g}-{entry['end_s']:g} s"
+    try:
+        scores = score_excerpt(excerpt.references, {"vocals": vocals, "accompaniment": accompaniment},
+                               excerpt.sample_rate, entry["name"])
+    except (ValueError, ArithmeticError, AttributeError) as exc:  # numpy.linalg.LinAlgError is a ValueError
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UnitFailed(f"museval failed on the excerpt {where}: {type(exc).__name__}: {text}") from exc
+    return {"scores": {target: scores[target]["median"] for target in TARGETS},
+            "frames": {target: scores[target]["frames"] for target in TARGETS}}
+
+
 def _unit_line(unit: dict) -> str:
+    where = f"evaluate {unit['kind']} run {unit['run']} {unit['track']}"
+    if "failed" in unit:
+        return f"warning: {where} failed: {unit['failed']}"
     vocals, accompaniment = unit["scores"]["vocals"], unit["scores"]["accompaniment"]
-    return (f"evaluate {unit['kind']} run {unit['run']} {unit['track']}: vocals SDR {vocals['SDR']:.2f} dB "
+    return (f"{where}: vocals SDR {vocals['SDR']:.2f} dB "
             f"(SIR {vocals['SIR']:.2f}, SAR {vocals['SAR']:.2f}), accompaniment SDR {accompaniment['SDR']:.2f} dB")
 
 
@@ -249,30 +365,59 @@ def _unit_line(unit: dict) -> str:
 
 
 def report_inputs(ws) -> dict:
-    """What the report shows of the evaluation: ``{"units": [...], "note": str | None}``.
+    """What the report shows of the evaluation:
+    ``{"units": [...], "failed": [...], "note": str | None}``.
 
-    Reads only the evaluation folder (no cache, no audio). The units are
-    given only when every expected unit exists and all were made from one
-    feature cache by one code version; otherwise ``units`` is empty and
-    ``note`` says why the table is left out.
+    Reads only the evaluation folder (no cache, no audio) and never fails on
+    what it finds there: a damaged ``tracks.json`` or unit file is named in
+    the note and skipped. The scored units are given only when every
+    expected unit exists intact and all were made from one feature cache by
+    one code version; otherwise ``units`` is empty and ``note`` says why the
+    table is left out. ``failed`` holds the units recorded as failed (a dead
+    run, museval failing on an excerpt: ``kind``, ``run``, ``track``,
+    ``failed``); they are left out of the table and counted in the note.
     """
     hint = ("`nca-np evaluate` separates the test excerpts and scores them; it reads their audio, so run it "
             "where the dataset is")
     tracks_path = evaluation_dir(ws) / TRACKS
-    if not tracks_path.exists():
-        return {"units": [], "note": f"no evaluation results for these runs. {hint}."}
-    tracks = json.loads(tracks_path.read_text())
+    damage = preflight.json_damage(tracks_path, ("cache_key", "tracks"))
+    if damage == "missing":
+        return {"units": [], "failed": [], "note": f"no evaluation results for these runs. {hint}."}
+    if damage is not None:
+        return {"units": [], "failed": [], "note": f"{tracks_path} is damaged ({damage}); `nca-np evaluate` "
+                                                   "writes it again."}
+    tracks = json.loads(tracks_path.read_text(encoding="utf-8"))
     paths = [unit_path(ws, *unit) for unit in evaluation_units(ws.config, tracks["tracks"])]
     missing = sum(1 for path in paths if not path.exists())
-    if missing:
-        return {"units": [], "note": f"{missing} of {len(paths)} evaluation units are missing. {hint} "
-                                     "(every shard)."}
-    units = [json.loads(path.read_text()) for path in paths]
+    damaged = [(path, reason) for path in paths if path.exists() and (reason := unit_damage(path)) is not None]
+    if missing or damaged:
+        named = "; ".join(f"{path} is damaged ({reason})" for path, reason in damaged[:3])
+        what = [f"{missing} of {len(paths)} evaluation units are missing"] if missing else []
+        what += [f"{len(damaged)} of {len(paths)} are damaged ({named}{' …' if len(damaged) > 3 else ''})"
+                 if damaged else ""]
+        return {"units": [], "failed": [],
+                "note": f"{'; '.join(w for w in what if w)}. {hint} (every shard): it computes them again."}
+    units = [json.loads(path.read_text(encoding="utf-8")) for path in paths]
+    return _consistent(ws, tracks, units)
+
+
+def _consistent(ws, tracks: dict, units: list) -> dict:
+    """:func:`report_inputs`' answer for intact units: refused when they mix
+    caches or code versions, else the scored ones and the failed ones."""
     if {unit["cache_key"] for unit in units} != {tracks["cache_key"]}:
-        return {"units": [], "note": f"the evaluation results in {evaluation_dir(ws)} were made from another "
-                                     "feature cache; delete them and run `nca-np evaluate` again."}
-    versions = sorted({unit["code_version"] for unit in units})
+        return {"units": [], "failed": [], "note": f"the evaluation results in {evaluation_dir(ws)} were made "
+                                                   "from another feature cache; delete them and run "
+                                                   "`nca-np evaluate` again."}
+    versions = sorted({str(unit["code_version"]) for unit in units})
     if len(versions) > 1:
-        return {"units": [], "note": f"the evaluation results mix code versions ({', '.join(versions)}); "
-                                     f"delete {evaluation_dir(ws)} and run `nca-np evaluate` again."}
-    return {"units": units, "note": None}
+        return {"units": [], "failed": [], "note": f"the evaluation results mix code versions "
+                                                   f"({', '.join(versions)}); delete {evaluation_dir(ws)} and "
+                                                   "run `nca-np evaluate` again."}
+    failed = [{key: unit[key] for key in ("kind", "run", "track", "failed")} for unit in units if "failed" in unit]
+    scored = [unit for unit in units if "failed" not in unit]
+    note = None
+    if failed:
+        first = failed[0]
+        note = (f"{len(failed)} of {len(units)} evaluation units failed and are left out of the table (e.g. "
+                f"{first['kind']} run {first['run']} on {first['track']!r}: {first['failed']}).")
+    return {"units": scored, "failed": failed, "note": note}

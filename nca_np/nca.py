@@ -75,8 +75,12 @@ class CouplingsFit:
             much the loss still fell over its last 10 % of iterations.
         converged: the verdict of the rule (``|loss_fall| < tolerance``).
         stopped: why the fit ended: "iterations" (the fixed count ran out),
-            "tolerance" (converged before the cap) or "cap" (reached
-            ``max_iterations`` without converging).
+            "tolerance" (converged before the cap), "cap" (reached
+            ``max_iterations`` without converging) or "diverged" (a
+            checkpoint found the loss NaN or infinite: the fit stopped there).
+        diverged: the loss became NaN or infinite (found at a checkpoint, or
+            in the final ``C``'s error): ``C`` and the measures of this fit
+            mean nothing; never ``converged``.
         trajectory: checkpoints ``{"iteration", "tod_r", "relative_error"}``
             every ``checkpoint_every`` iterations (``iteration`` = Adam steps
             taken), then the final ``C``.
@@ -98,6 +102,7 @@ class CouplingsFit:
     trajectory: list = field(default_factory=list)
     tolerance: float = CONVERGENCE_TOLERANCE
     stages: list = field(default_factory=list)
+    diverged: bool = False
 
     @property
     def iterations(self) -> int:
@@ -107,7 +112,8 @@ class CouplingsFit:
     def diagnostics(self) -> dict:
         """The JSON-able diagnostics (docs/method.md#convergence)."""
         return {"relative_error": self.relative_error, "loss_fall": self.loss_fall,
-                "converged": bool(self.converged), "stopped": self.stopped, "iterations": self.iterations,
+                "converged": bool(self.converged), "diverged": bool(self.diverged), "stopped": self.stopped,
+                "iterations": self.iterations,
                 "tolerance": self.tolerance, "stages": list(self.stages), "trajectory": list(self.trajectory)}
 
 
@@ -792,52 +798,115 @@ def fit_couplings(
         :class:`CouplingsFit`, with its diagnostics.
     """
     spec = get_strategy(strategy)
+    cap = _check_fit_settings(composition, iterations, max_iterations, tolerance, checkpoint_every, halvings)
+    X, module = _model_segment(model, X)
+    # contiguous, so each iteration's C X − V reads it with unit stride
+    V = module.ascontiguousarray(model.decoder_output(X.T).T)
+    params = _initial_params(initial, strategy, X.shape[0], len(list(model.weights)), seed, X, module)
+    fitting = spec.start(model, X, V, params, composition)
+    loop = _FitLoop(fitting, module.empty(cap, dtype=X.dtype), Adam(fitting.params, lr=lr),
+                    _Schedule(iterations, cap, tolerance, halvings, [[0, float(lr)]]),
+                    v_norm=backend.to_float(module.abs(V).sum()), checkpoint_every=checkpoint_every,
+                    callback=callback, on_checkpoint=on_checkpoint)
+    # A fit that diverges overflows on its way; it is recorded (``diverged``), not warned about.
+    with _quiet_floats(module):
+        loop.run()
+        return loop.result(X, V, strategy, composition, tolerance)
+
+
+def _check_fit_settings(composition: str, iterations: int, max_iterations: int | None, tolerance: float,
+                        checkpoint_every: int, halvings: int) -> int:
+    """The iteration cap, after checking every setting of the fit."""
     _check_composition(composition)
     cap = _check_schedule(iterations, max_iterations, tolerance, checkpoint_every)
     if halvings < 0:
         raise CouplingsError(f"halvings is {halvings}: it must be zero or positive")
-    X, module = _model_segment(model, X)
-    # contiguous, so each iteration's C X − V reads it with unit stride
-    V = module.ascontiguousarray(model.decoder_output(X.T).T)
-    v_norm = backend.to_float(module.abs(V).sum())
-    params = _initial_params(initial, strategy, X.shape[0], len(list(model.weights)), seed, X, module)
-    fitting = spec.start(model, X, V, params, composition)
-    losses = module.empty(cap, dtype=X.dtype)
-    optimizer = Adam(fitting.params, lr=lr)
-    trajectory, C_initial, stopped = [], None, "iterations" if cap == iterations else "cap"
-    schedule = _Schedule(iterations, cap, tolerance, halvings, [[0, float(lr)]])
+    return cap
 
-    def checkpoint(iteration: int, C, loss) -> None:
-        record = {"iteration": iteration, "tod_r": metrics.tod_r(C),
-                  "relative_error": _relative(backend.to_float(loss), v_norm)}
-        trajectory.append(record)
-        if on_checkpoint is not None:
-            on_checkpoint(record)
 
-    iteration = 0
-    while iteration < cap:
-        loss, grads = fitting.loss_and_grads()
-        losses[iteration] = loss
-        if iteration == 0:
-            C_initial = fitting.couplings().copy()
-        if iteration % checkpoint_every == 0:
-            if schedule.stop_at(iteration, losses, optimizer):
-                stopped = "tolerance"
+def _quiet_floats(module):
+    """NumPy's floating-point warnings silenced (a diverging fit is reported
+    by its ``diverged`` flag, not by warnings printed along the way)."""
+    import contextlib
+
+    errstate = getattr(module, "errstate", None)
+    return errstate(all="ignore") if errstate is not None else contextlib.nullcontext()
+
+
+@dataclass
+class _FitLoop:
+    """The iterations of :func:`fit_couplings` (Algorithm 1) and what they record.
+
+    ``losses`` is the (cap,) device buffer of ``E`` before each step;
+    ``stopped`` says why the loop ended ("iterations", "tolerance", "cap"
+    or "diverged": a checkpoint read a loss that is NaN or infinite).
+    """
+
+    fitting: _Fitting
+    losses: object
+    optimizer: Adam
+    schedule: _Schedule
+    v_norm: float
+    checkpoint_every: int
+    callback: Callable | None = None
+    on_checkpoint: Callable | None = None
+    trajectory: list = field(default_factory=list)
+    C_initial: object = None
+    iteration: int = 0
+    stopped: str = ""
+
+    def run(self) -> None:
+        """Adam steps until the count, the cap, the tolerance or a non-finite loss stops them."""
+        schedule = self.schedule
+        self.stopped = "iterations" if schedule.cap == schedule.iterations else "cap"
+        while self.iteration < schedule.cap:
+            loss, grads = self.fitting.loss_and_grads()
+            self.losses[self.iteration] = loss
+            if self.iteration == 0:
+                self.C_initial = self.fitting.couplings().copy()
+            if self.iteration % self.checkpoint_every == 0 and self._stops_at_checkpoint(loss):
                 break
-            checkpoint(iteration, fitting.couplings(), loss)
-        optimizer.step(grads)
-        if callback is not None:
-            callback(iteration, loss)
-        iteration += 1
-    C, Ps = fitting.result()
-    final_error = module.abs(C @ X - V).sum()
-    checkpoint(iteration, C, final_error)
-    host_losses = backend.to_host(losses[:iteration])
-    fall = loss_fall(host_losses[schedule.stages[-1][0]:])
-    return CouplingsFit(C, Ps, host_losses, strategy, composition, C_initial=C_initial,
-                        relative_error=trajectory[-1]["relative_error"], loss_fall=fall,
-                        converged=is_converged(fall, tolerance), stopped=stopped, trajectory=trajectory,
-                        tolerance=tolerance, stages=schedule.stages)
+            self.optimizer.step(grads)
+            if self.callback is not None:
+                self.callback(self.iteration, loss)
+            self.iteration += 1
+
+    def _stops_at_checkpoint(self, loss) -> bool:
+        """The checks of a checkpoint (the only reads from the device): the
+        schedule's rule, then the trajectory record, whose loss must be finite."""
+        if self.schedule.stop_at(self.iteration, self.losses, self.optimizer):
+            self.stopped = "tolerance"
+            return True
+        record = self.checkpoint(self.iteration, self.fitting.couplings(), loss)
+        if not math.isfinite(record["relative_error"]) and math.isfinite(self.v_norm) and self.v_norm > 0:
+            self.stopped = "diverged"
+            return True
+        return False
+
+    def checkpoint(self, iteration: int, C, loss) -> dict:
+        """Record (and hand ``on_checkpoint``) the trajectory's point at ``iteration``."""
+        record = {"iteration": iteration, "tod_r": metrics.tod_r(C),
+                  "relative_error": _relative(backend.to_float(loss), self.v_norm)}
+        self.trajectory.append(record)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(record)
+        return record
+
+    def result(self, X, V, strategy: str, composition: str, tolerance: float) -> CouplingsFit:
+        """The :class:`CouplingsFit` of the loop as it ended (a final checkpoint at the final ``C``)."""
+        module = backend.array_module(X)
+        C, Ps = self.fitting.result()
+        final = self.checkpoint(self.iteration, C, module.abs(C @ X - V).sum())
+        # the loss can turn non-finite between the last checkpoint and the end
+        diverged = self.stopped == "diverged" or (not math.isfinite(final["relative_error"])
+                                                  and math.isfinite(self.v_norm) and self.v_norm > 0)
+        host_losses = backend.to_host(self.losses[:self.iteration])
+        fall = loss_fall(host_losses[self.schedule.stages[-1][0]:])
+        return CouplingsFit(C, Ps, host_losses, strategy, composition, C_initial=self.C_initial,
+                            relative_error=final["relative_error"], loss_fall=fall,
+                            converged=not diverged and is_converged(fall, tolerance), stopped=self.stopped,
+                            trajectory=self.trajectory, tolerance=tolerance, stages=self.schedule.stages,
+                            diverged=diverged)
 
 
 def _relative(error: float, norm: float) -> float:

@@ -131,6 +131,20 @@ def _epochs_in(path) -> int:
                         "delete it to start that run again") from exc
 
 
+def recorded_health(run_dir) -> dict | None:
+    """The health :func:`run_health` recorded in a finished run's
+    ``model.npz`` (``meta["health"]``, plus ``improved``, ``first_loss``
+    and ``best_loss``); None for a run trained before health was recorded.
+    Reads the meta record only."""
+    path = Path(run_dir) / FINAL_MODEL
+    try:
+        with numpy.load(path, allow_pickle=False) as data:
+            return json.loads(str(data["meta"])).get("health")
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise UserError(f"{path}: not a readable nca_np model ({type(exc).__name__}: {exc}); "
+                        "delete it to train that run again") from exc
+
+
 def load_model(path, *, module=None) -> tuple[Model, dict, dict]:
     """A model saved by training, on ``module`` (default: the active one).
 
@@ -176,6 +190,7 @@ class _Job:
     log: object
     on_epoch_end: object
     versions: dict = field(default_factory=backend.versions)
+    health_frames: object = None
 
     @property
     def batch_order(self) -> dict:
@@ -303,8 +318,8 @@ def _open_run(job: _Job, run_dir: Path, seed: int) -> tuple[_Run | None, dict | 
     _check_resumable(job, checkpoint, meta)
     if meta["status"] == "finished":
         params = [arrays[f"param_{i}"] for i in range(sum(k.startswith("param_") for k in arrays))]
-        save_state(run_dir / FINAL_MODEL, Model(meta["kind"], params), meta, scaler_state=job.scaler_state)
-        return None, meta
+        params = [backend.to_device(param, job.module) for param in params]
+        return None, _finish(job, Model(meta["kind"], params), meta, run_dir)
     run.schedule = PlateauSchedule.from_state(meta["schedule"])
     run.history, run.saved = meta["history"], (arrays, meta)
     run.frame_sources, run.tf32 = list(meta.get("frame_sources", [])), list(meta.get("tf32", []))
@@ -370,9 +385,7 @@ def _train_together(job: _Job, runs: list[_Run]) -> dict:
         metas = _commit(job, runs, stack, optimizer, rng)
         for index, run in enumerate(runs):
             if run.status == "finished":
-                save_state(run.run_dir / FINAL_MODEL, stack.run_model(index), metas[index],
-                           scaler_state=job.scaler_state)
-                finished[run.run_dir] = metas[index]
+                finished[run.run_dir] = _finish(job, stack.run_model(index), metas[index], run.run_dir)
         if job.log:
             job.log(_epoch_line(job.kind, runs, records, seconds, job.source.n_frames))
         for record in records:
@@ -505,3 +518,90 @@ def _epoch_line(kind: str, runs: list[_Run], records: list[dict], seconds: float
         return f"{kind} seed {runs[0].seed}: epoch {records[0]['epoch']} {parts[0]}, {speed}"
     parts = [f"seed {run.seed} {part}" for run, part in zip(runs, parts)]
     return f"{kind} epoch {records[0]['epoch']} ({len(runs)} runs, {speed} per run): " + "; ".join(parts)
+
+
+# ----------------------------------------------------------------------------
+# the health of a finished run
+
+#: How many training frames the health check of a finished run looks at,
+#: drawn with their own generator (the batch order's is left alone).
+HEALTH_FRAMES = 512
+HEALTH_SEED = 0
+
+
+def run_health(model: Model, frames) -> dict:
+    """Whether a trained network is dead, judged on sample input frames.
+
+    A network is dead when its decoder output (Eqs. 5, 7, 9: the estimate,
+    or SF's mask) is identically zero on every frame, or when every ReLU of
+    some layer is off on every frame (the layers after it then see a
+    constant: the output no longer depends on the input). Such a run
+    separates nothing, and nothing is left for the NCA to explain.
+
+    Args:
+        model: a trained model.
+        frames: (B, F) input frames as rows (scaled mixtures), B ≥ 1.
+
+    Returns:
+        ``{"dead": bool, "reason": str | None, "zero_output_share": float,
+        "dead_layers": [int], "frames": int}``: ``zero_output_share`` is
+        the share of the frames whose output is all zeros, ``dead_layers``
+        the layers (1-based, encoder first) with every unit off on every
+        frame, ``reason`` one sentence when ``dead``.
+    """
+    from .layers import dense_relu_forward
+
+    h = model._as_input(frames)
+    dead_layers = []
+    for number, (W, b) in enumerate(zip(model.weights, model.biases), start=1):
+        h, _ = dense_relu_forward(h, W, b)
+        if not bool(backend.to_host((h != 0).any())):
+            dead_layers.append(number)
+    n_frames = int(h.shape[0])
+    zero_rows = backend.to_host((h == 0).all(axis=1))
+    share = float(zero_rows.mean()) if n_frames else 0.0
+    reason = None
+    if n_frames and share == 1.0:
+        reason = f"its output is zero on all {n_frames} sample frames"
+    elif dead_layers:
+        reason = (f"every ReLU of layer {dead_layers[0]} is off on all {n_frames} sample frames, so its output "
+                  "does not depend on the input")
+    return {"dead": reason is not None, "reason": reason, "zero_output_share": share,
+            "dead_layers": dead_layers, "frames": n_frames}
+
+
+def _sample_frames(job: _Job):
+    """The (B, F) training frames the health check looks at (drawn once per job)."""
+    if job.health_frames is None:
+        batches = job.source.batches(min(HEALTH_FRAMES, job.source.n_frames), numpy.random.default_rng(HEALTH_SEED))
+        job.health_frames, _ = next(iter(batches))
+        batches.close()
+    return job.health_frames
+
+
+def _health_at_end(job: _Job, model: Model, history: list) -> dict:
+    """:func:`run_health` on the sample frames, plus whether the loss ever
+    went below its first epoch's (``improved``; None after a single epoch)."""
+    health = run_health(model, _sample_frames(job))
+    losses = [record["loss"] for record in history]
+    health["first_loss"] = losses[0] if losses else None
+    health["best_loss"] = min(losses) if losses else None
+    health["improved"] = None if len(losses) < 2 else bool(min(losses[1:]) < losses[0])
+    return health
+
+
+def _finish(job: _Job, model: Model, meta: dict, run_dir: Path) -> dict:
+    """Write a finished run's ``model.npz``, its health in the meta record
+    (``meta["health"]``), with a warning line for a dead run or one that
+    never improved on its first epoch; returns the meta record."""
+    meta["health"] = health = _health_at_end(job, model, meta["history"])
+    folder = Path(run_dir)
+    save_state(folder / FINAL_MODEL, model, meta, scaler_state=job.scaler_state)
+    if job.log and health["dead"]:
+        job.log(f"warning: {job.kind} seed {meta['seed']} ended dead: {health['reason']}; it separates nothing "
+                f"and has nothing for the NCA to explain (lower train.learning_rate, or delete {folder} to train "
+                "it again)")
+    elif job.log and health["improved"] is False:
+        job.log(f"warning: {job.kind} seed {meta['seed']} never improved on its first epoch's loss "
+                f"({health['first_loss']:.6g}): check train.learning_rate")
+    return meta

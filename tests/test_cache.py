@@ -391,3 +391,16 @@ def test_real_music_through_the_stems_path_matches_features_read_another_way(tmp
         numpy.testing.assert_allclose(segment.vocals * std, vocals[rows].T, rtol=1e-4, atol=1e-5)
     train_mixture, _ = features.train_arrays()
     numpy.testing.assert_allclose(numpy.asarray(train_mixture[0]), mixture, rtol=1e-4, atol=1e-5)
+
+
+def test_a_damaged_cache_is_repaired_without_advice_to_delete_it(dataset, tmp_path):
+    folder = prepare_cache(make_config(dataset), tmp_path, progress=False, log=None)
+    damaged = folder / "test" / "00000.mixture.npy"
+    damaged.write_bytes(damaged.read_bytes()[:200])
+    with pytest.raises(DataError) as caught:
+        open_cache(folder)
+    assert "delete" not in str(caught.value) and "run `nca-np prepare` again" in str(caught.value)
+    lines = []
+    prepare_cache(make_config(dataset), tmp_path, progress=False, log=lines.append)
+    assert lines[0].startswith(f"repairing the feature cache {folder}: feature cache file {damaged} is missing")
+    assert lines[0].endswith("float32; its damaged tracks are computed again") and "delete" not in lines[0]

@@ -64,3 +64,39 @@ def test_a_typo_in_any_section_of_a_profile_is_an_error(tmp_path, section):
     path.write_text(text)
     with pytest.raises(ConfigError, match=rf"\[{section}\] unknown key\(s\) learnig_rate"):
         load_profile(str(path))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("nca.seed=-1", "setting nca.seed = -1 is invalid: it must be an integer of at least 0"),
+    ("train.seed=-3", "setting train.seed = -3 is invalid"),
+    ("data.synth_seed=-1", "setting data.synth_seed = -1 is invalid"),
+    ("train.learning_rate=inf", "train.learning_rate = inf is invalid: it must be a finite positive number"),
+    ("nca.learning_rate=nan", "nca.learning_rate = nan is invalid"),
+    ("train.learning_rate=0", "train.learning_rate = 0.0 is invalid"),
+    ("train.eps=0", "train.eps = 0.0 is invalid"),
+    ("train.beta2=1.0", "train.beta2 = 1.0 is invalid: it must be at least 0 and below 1"),
+    ("nca.halvings=-1", "nca.halvings = -1 is invalid"),
+    ("nca.iterations=0", "nca.iterations = 0 is invalid"),
+    ("nca.tolerance=1.0", "nca.tolerance = 1.0 is invalid"),
+    ("nca.segment_frames=0", "nca.segment_frames = 0 is invalid"),
+    ("nca.local_map_stride=0", "nca.local_map_stride = 0 is invalid"),
+    ("train.max_epochs=0", "train.max_epochs = 0 is invalid"),
+    ("train.batch_size=0", "train.batch_size = 0 is invalid"),
+    ("data.excerpt_seconds=inf", "data.excerpt_seconds = inf is invalid"),
+])
+def test_every_range_is_checked(override, message):
+    with pytest.raises(ConfigError) as caught:
+        load_profile("demo", [override])
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("override", ["train.beta1=0.0", "nca.seed=0", "nca.halvings=0", "train.seed=12"])
+def test_the_edges_of_each_range_are_allowed(override):
+    load_profile("demo", [override])
+
+
+def test_a_boolean_is_not_a_count_in_a_profile(tmp_path):
+    text = (PROFILE_DIR / "demo.toml").read_text().replace("runs = 3", "runs = true")
+    (tmp_path / "p.toml").write_text(text)
+    with pytest.raises(ConfigError, match="train.runs = True is invalid"):
+        load_profile(str(tmp_path / "p.toml"))

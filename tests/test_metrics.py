@@ -126,3 +126,52 @@ def test_reconstruct_rejects_bad_kind_and_shapes():
         reconstruct("vae", numpy.eye(2), numpy.ones((2, 3)))
     with pytest.raises(ValueError, match=r"shape \(2, 2\) cannot be applied to X of shape \(3, 2\)"):
         reconstruct("dae", numpy.eye(2), numpy.ones((3, 2)))
+
+
+# ------------------------------------------------------------ totality: any values, never an exception
+
+
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+def test_snr_db_of_an_overflowing_estimate_is_minus_infinity(dtype):
+    """A diverged fit's reconstruction: its error energy overflows, the ratio
+    is 0 and log10(0) used to raise 'math domain error'."""
+    ref = numpy.ones((4, 3), dtype=dtype)
+    huge = numpy.full((4, 3), numpy.finfo(dtype).max / 2, dtype=dtype)
+    assert snr_db(ref, huge) == -math.inf
+    tiny_ref = numpy.full((4, 3), 1e-30)
+    assert snr_db(tiny_ref, numpy.full((4, 3), 1e200)) == -math.inf  # ratio underflows to 0
+
+
+@pytest.mark.parametrize("ref_value, est_value, expected", [
+    (1.0, math.inf, -math.inf), (1.0, -math.inf, -math.inf), (1.0, math.nan, math.nan),
+    (math.nan, 1.0, math.nan), (math.inf, 1.0, math.nan), (math.inf, math.inf, math.nan),
+    (0.0, math.inf, -math.inf), (0.0, math.nan, math.nan)])
+def test_snr_db_of_non_finite_inputs_is_a_number(ref_value, est_value, expected):
+    result = snr_db(numpy.full((2, 2), ref_value), numpy.full((2, 2), est_value))
+    assert isinstance(result, float)
+    assert (math.isnan(result) and math.isnan(expected)) or result == expected, result
+
+
+def test_snr_db_values_of_normal_inputs_are_unchanged():
+    rng = numpy.random.default_rng(3)
+    ref, est = rng.standard_normal((5, 7)), rng.standard_normal((5, 7))
+    expected = 10 * math.log10(float((ref ** 2).sum()) / float(((ref - est) ** 2).sum()))
+    assert snr_db(ref, est) == expected
+
+
+@pytest.mark.parametrize("entries, expected", [
+    ([[math.nan, 1.0], [1.0, 1.0]], math.nan), ([[1.0, math.nan], [1.0, 1.0]], math.nan),
+    ([[math.inf, 1.0], [1.0, 1.0]], math.inf), ([[1.0, math.inf], [1.0, 1.0]], 0.0),
+    ([[math.inf, math.inf], [1.0, 1.0]], math.nan), ([[math.inf, 0.0], [0.0, 1.0]], math.inf)])
+def test_tod_r_of_non_finite_entries_is_a_number(entries, expected):
+    result = tod_r(numpy.array(entries))
+    assert isinstance(result, float)
+    assert (math.isnan(result) and math.isnan(expected)) or result == expected, result
+
+
+def test_tod_r_of_entries_whose_sums_overflow_float32():
+    big = numpy.finfo(numpy.float32).max
+    C = numpy.full((3, 3), big, dtype=numpy.float32)  # every sum overflows to inf
+    assert math.isnan(tod_r(C))
+    C[numpy.diag_indices(3)] = 1.0
+    assert tod_r(C) == 0.0  # the diagonal is finite, the off-diagonal sum infinite

@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -47,7 +48,7 @@ import numpy
 
 from .. import backend
 from .. import preflight
-from ..atomic import atomic_open, make_folder, remove_empty_folders, write_json
+from ..atomic import atomic_open, is_stale_temporary, make_folder, remove_empty_folders, write_json
 from ..errors import ConfigError, DataError
 from ..features import Scaler, StftSettings, stft_magnitude
 from ..frames import DEFAULT_BLOCK_FRAMES, DEFAULT_BLOCKS_IN_MEMORY, NpyRows, choose_frame_source
@@ -218,9 +219,12 @@ def _complete_marker(folder: Path, subset: str, index: int, name: str, n_freq: i
 
 
 def _remove_temporaries(folder: Path) -> None:
-    """Delete the temporary files an interrupted write may have left."""
+    """Delete the temporary files an interrupted write left: those of
+    processes no longer running, never a live writer's (another shard
+    preparing the same cache)."""
     for path in folder.rglob(".*.tmp"):
-        path.unlink(missing_ok=True)
+        if is_stale_temporary(path):
+            path.unlink(missing_ok=True)
 
 
 # --- preparation ----------------------------------------------------------------------------
@@ -330,9 +334,27 @@ def _select_excerpt(plan: _Plan, track, previews: dict) -> excerpt_module.Excerp
     return excerpt_module.Excerpt(track.name, float(start_s), float(end_s), "activation-confidence")
 
 
+#: When the built-in corpus's voice enters: the third bar, at most
+#: 2 × 4 beats at 88 bpm plus one beat in (see nca_np.data.synth).
+SYNTH_VOICE_LATEST_S = 2 * 4 * 60 / 88 + 60 / 88
+
+
+def _load_test_track(plan: _Plan, ref):
+    """A test track; silent vocals of the built-in corpus are said in its
+    terms (a track too short for its voice to enter, not a damaged file)."""
+    try:
+        return musdb_io.load_track(ref)
+    except musdb_io.SilentVocals:
+        if plan.data.corpus != "synthetic":
+            raise
+        raise DataError(f"the vocals of synthetic test track {ref.name!r} are silent: its voice enters in the "
+                        f"third bar (up to {SYNTH_VOICE_LATEST_S:.1f} s in), after the track ends; set "
+                        f"data.synth_test_seconds to at least {math.ceil(SYNTH_VOICE_LATEST_S + 1)}") from None
+
+
 def _prepare_test_track(plan: _Plan, folder: Path, index: int, ref, previews: dict) -> dict:
     """Features of one test track's excerpt."""
-    track = musdb_io.load_track(ref)
+    track = _load_test_track(plan, ref)
     excerpt = _select_excerpt(plan, track, previews)
     start = int(round(excerpt.start_s * track.sample_rate))
     stop = min(int(round(excerpt.end_s * track.sample_rate)), track.n_samples)
@@ -373,14 +395,17 @@ def _is_complete(folder: Path, key: str, log) -> bool:
     manifest = _read_json(folder / MANIFEST) if (folder / MANIFEST).is_file() else None
     if not manifest or manifest.get("key") != key or manifest.get("format_version") != FEATURE_FORMAT_VERSION:
         return False
-    try:
-        _check_files(folder, manifest)
-        Scaler.load(folder / SCALER)
-    except DataError as exc:
-        log(f"repairing the feature cache {folder}: {exc}")
-        (folder / MANIFEST).unlink()
-        return False
-    return True
+    damaged = _damaged_file(folder, manifest)
+    if damaged is None:
+        try:
+            Scaler.load(folder / SCALER)
+        except DataError as exc:
+            damaged = str(exc).split(": ")[0] if str(exc) else SCALER
+    if damaged is None:
+        return True
+    log(f"repairing the feature cache {folder}: {damaged}; its damaged tracks are computed again")
+    (folder / MANIFEST).unlink()
+    return False
 
 
 def prepare_cache(config: dict, cache_root, *, musdb_root=None, progress: bool = True, log=print) -> Path:
@@ -612,7 +637,13 @@ class FeatureCache:
         return Segment(entry["name"], index, start, scaled_columns("mixture"), scaled_columns("vocals"))
 
 
-def _check_files(path: Path, manifest: dict) -> None:
+#: What to do about a damaged cache: preparing again repairs it in place.
+REPAIR_HINT = "run `nca-np prepare` again: it recomputes the damaged tracks and keeps the rest"
+
+
+def _damaged_file(path: Path, manifest: dict) -> str | None:
+    """The first feature file of the cache at ``path`` that is missing or
+    not what ``manifest`` says, and how (None: every file is intact)."""
     n_freq = manifest["n_freq"]
     for subset in ("train", "test"):
         for entry in manifest[subset]:
@@ -622,8 +653,14 @@ def _check_files(path: Path, manifest: dict) -> None:
                 expected = ((entry["n_frames"], n_freq), numpy.dtype(numpy.float32))
                 if found != expected:
                     what = "is missing or unreadable" if found is None else f"holds {found[0]} {found[1]}"
-                    raise DataError(f"feature cache file {files[name]} {what}, expected {expected[0]} float32: "
-                                    f"the cache is damaged; delete {path} and {PREPARE_HINT}")
+                    return f"feature cache file {files[name]} {what}, expected {expected[0]} float32"
+    return None
+
+
+def _check_files(path: Path, manifest: dict) -> None:
+    damaged = _damaged_file(path, manifest)
+    if damaged is not None:
+        raise DataError(f"{damaged}: the cache is damaged; {REPAIR_HINT}")
 
 
 def open_cache(path) -> FeatureCache:

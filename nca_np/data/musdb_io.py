@@ -42,6 +42,10 @@ ROOT_HINT = ("pass --musdb-root or set MUSDB_PATH to the folder that holds train
              "(`make demo` needs no dataset: it generates its own)")
 
 
+class SilentVocals(DataError):
+    """A test track whose vocals are all zeros: no measure can compare with them."""
+
+
 @dataclasses.dataclass(frozen=True)
 class TrackRef:
     """Where one track lives; cheap to make, reads no audio.
@@ -161,22 +165,22 @@ def _check_wav_track(folder: Path, subset_folder: Path) -> None:
         raise DataError(f"{folder / empty[0]} is an empty file: extract the track again")
 
 
-def _scan_wav(subset_folder: Path, folders: list[Path], stem_files: list[Path]) -> list[Path]:
+def _scan_wav(subset_folder: Path, folders: list[Path], stem_files: list[Path], advice: str | None) -> list[Path]:
     if not folders:
+        advice = advice or "pass --set data.is_wav=false (or set is_wav = false in the profile's [data] section)"
         raise DataError(f"{subset_folder} holds {len(stem_files)} {STEM_SUFFIX} file(s) (the MUSDB18 stems "
-                        "release) and no track folders, but is_wav is true: pass --set data.is_wav=false "
-                        "(or set is_wav = false in the profile's [data] section)")
+                        f"release) and no track folders, but is_wav is true: {advice}")
     for folder in folders:
         _check_wav_track(folder, subset_folder)
     return folders
 
 
-def _scan_stems(subset_folder: Path, folders: list[Path], stem_files: list[Path]) -> list[Path]:
+def _scan_stems(subset_folder: Path, folders: list[Path], stem_files: list[Path], advice: str | None) -> list[Path]:
     if not stem_files:
         if any(_has_wav(folder) for folder in folders):
+            advice = advice or "pass --set data.is_wav=true (or set is_wav = true in the profile's [data] section)"
             raise DataError(f"{subset_folder} holds track folders with .wav files (the MUSDB18-HQ layout) "
-                            f"and no {STEM_SUFFIX} files: pass --set data.is_wav=true (or set is_wav = true "
-                            "in the profile's [data] section)")
+                            f"and no {STEM_SUFFIX} files: {advice}")
         raise DataError(f"{subset_folder} holds no {STEM_SUFFIX} files: extract MUSDB18 there")
     for folder in folders:
         nested = sorted(folder.rglob(f"*{STEM_SUFFIX}"))
@@ -193,13 +197,16 @@ def _track_name(path: Path, is_wav: bool) -> str:
     return path.name if is_wav else path.name[: -len(STEM_SUFFIX)]
 
 
-def scan_tracks(root, subset: str, *, is_wav: bool) -> list[TrackRef]:
+def scan_tracks(root, subset: str, *, is_wav: bool, layout_advice: str | None = None) -> list[TrackRef]:
     """Validate one subset's layout and list its tracks, without musdb or ffmpeg.
 
     Args:
         root: the dataset root (holding train/ and test/).
         subset: "train" or "test".
         is_wav: True for MUSDB18-HQ (track folders of .wav files).
+        layout_advice: what to do when the tree has the other layout; None:
+            change ``data.is_wav`` (right while preparing; a stage reading
+            the dataset that was prepared passes advice about the folder).
 
     Returns:
         The tracks, sorted by name (musdb's order).
@@ -218,7 +225,8 @@ def scan_tracks(root, subset: str, *, is_wav: bool) -> list[TrackRef]:
     if not folders and not stem_files:
         raise DataError(f"{subset_folder} is empty (no track folders, no {STEM_SUFFIX} files): "
                         "extract MUSDB18 there")
-    paths = _scan_wav(subset_folder, folders, stem_files) if is_wav else _scan_stems(subset_folder, folders, stem_files)
+    scan = _scan_wav if is_wav else _scan_stems
+    paths = scan(subset_folder, folders, stem_files, layout_advice)
     return [TrackRef(_track_name(path, is_wav), subset, path, is_wav, root) for path in paths]
 
 
@@ -293,7 +301,8 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def list_tracks(root, subset: str, *, is_wav: bool, through_musdb: bool | None = None) -> list[TrackRef]:
+def list_tracks(root, subset: str, *, is_wav: bool, through_musdb: bool | None = None,
+                layout_advice: str | None = None) -> list[TrackRef]:
     """The tracks of one subset, validated, sorted by name.
 
     Args:
@@ -304,12 +313,13 @@ def list_tracks(root, subset: str, *, is_wav: bool, through_musdb: bool | None =
             with :func:`scan_tracks`. None: always for stems (which are read
             through musdb anyway), for wav trees when ffmpeg is installed
             (wav audio is read with soundfile, so a wav tree needs no ffmpeg).
+        layout_advice: as for :func:`scan_tracks`.
 
     Raises:
         DataError: any problem :func:`scan_tracks` finds; ffmpeg missing
             when musdb is needed; musdb listing other tracks.
     """
-    refs = scan_tracks(root, subset, is_wav=is_wav)
+    refs = scan_tracks(root, subset, is_wav=is_wav, layout_advice=layout_advice)
     if through_musdb is None:
         through_musdb = not is_wav or ffmpeg_available()
     if not through_musdb:
@@ -391,8 +401,8 @@ def _check_signals(ref: TrackRef, signals: dict, rates: dict) -> None:
     if ref.subset == "test" and not numpy.any(signals["vocals"]):
         # Every test measure compares with the vocals: against silence an SNR is undefined. A
         # training track without vocals stays: it teaches the models to output silence.
-        raise DataError(f"the vocals of test track {ref.path} are silent (all zeros): the file is damaged or "
-                        "not the vocals; fix it or remove the track from the dataset")
+        raise SilentVocals(f"the vocals of test track {ref.path} are silent (all zeros): the file is damaged or "
+                           "not the vocals; fix it or remove the track from the dataset")
 
 
 def load_track(ref: TrackRef) -> LoadedTrack:

@@ -38,7 +38,7 @@ import scipy.signal
 import soundfile
 
 from .. import backend
-from ..atomic import atomic_open
+from ..atomic import atomic_open, is_stale_temporary
 from ..errors import ConfigError
 
 STEMS = ("vocals", "drums", "bass", "other")
@@ -150,7 +150,8 @@ def _write_track(folder: Path, stems: dict, sample_rate: int) -> None:
     """Quantise the stems, sum their integers into the mixture, write atomically
     (each write creates the folder; one that fails leaves no empty folder)."""
     for stale in folder.glob(".*.tmp"):
-        stale.unlink()
+        if is_stale_temporary(stale):  # another process writing this corpus keeps its own
+            stale.unlink(missing_ok=True)
     integers = {name: numpy.round(stems[name] * _PCM_SCALE).astype(numpy.int32) for name in STEMS}
     mixture = sum(integers[name] for name in STEMS)
     if numpy.abs(mixture).max() > _PCM_SCALE:
