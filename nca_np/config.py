@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .models import kind_names
-from .nca import strategy_names
+from .nca import COMPOSITIONS, strategy_names
 
 #: Where the shipped profiles live (the repository's ``configs/``).
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -99,7 +99,7 @@ RULES = {
     "nca.segment_frames": (_positive, "positive"),
     "nca.iterations": (_positive, "positive"),
     "nca.learning_rate": (_positive, "positive"),
-    "nca.composition": (_choices("paper", "authors-code"), "'paper' or 'authors-code'"),
+    "nca.composition": (_choices(*COMPOSITIONS), " or ".join(repr(c) for c in COMPOSITIONS)),
     "nca.max_iterations": (_positive, "positive (and at least nca.iterations)"),
     "nca.tolerance": (_fraction, "between 0 and 1"),
     "nca.halvings": (lambda v: v >= 0, "zero or positive"),
