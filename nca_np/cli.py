@@ -27,10 +27,17 @@ import sys
 import time
 from pathlib import Path
 
-from . import backend, experiment
+from . import backend
 from .config import load_profile
+from .couplings import couplings_stage
 from .errors import UserError, describe_os_error
+from .evaluate import evaluate_stage
+from .experiment import prepare_stage, reproduce, synth_stage, train_stage
 from .models import kind_names
+from .plan import plan
+from .report import report_stage
+from .separate import Separator, find_run, separate_files
+from .workspace import Shard, Workspace
 
 STAGE_HELP = {
     "synth": "generate the built-in synthetic corpus (used by the demo profile)",
@@ -121,7 +128,6 @@ def _add_separate(commands, common) -> None:
 
 
 def _separate(args, ws, progress) -> None:
-    from .separate import Separator, find_run, separate_files
 
     run = args.run if args.run is not None else find_run(ws.runs_dir, args.kind or ws.config["train"]["kinds"][0])
     separator = Separator.from_run(run, module=backend.xp())
@@ -135,31 +141,29 @@ def _log(line: str) -> None:
 def run(args) -> int:
     config = load_profile(args.profile, args.overrides)
     backend.use(args.device)
-    ws = experiment.Workspace(args.workdir.resolve(), config, tuple(args.overrides))
+    ws = Workspace(args.workdir.resolve(), config, tuple(args.overrides))
     progress = not args.quiet and sys.stderr.isatty()
-    shard = experiment.Shard.parse(getattr(args, "shard", None))
+    shard = Shard.parse(getattr(args, "shard", None))
     started = time.perf_counter()
     if args.command == "synth":
-        experiment.synth_stage(ws, log=_log)
+        synth_stage(ws, log=_log)
     elif args.command == "prepare":
-        experiment.prepare_stage(ws, musdb_root=args.musdb_root, progress=progress, log=_log)
+        prepare_stage(ws, musdb_root=args.musdb_root, progress=progress, log=_log)
     elif args.command == "train":
-        experiment.train_stage(ws, shard=shard, kinds=args.kinds, runs=args.runs, progress=progress, log=_log)
+        train_stage(ws, shard=shard, kinds=args.kinds, runs=args.runs, progress=progress, log=_log)
     elif args.command == "couplings":
-        experiment.couplings_stage(ws, shard=shard, kinds=args.kinds, progress=progress, log=_log)
+        couplings_stage(ws, shard=shard, kinds=args.kinds, progress=progress, log=_log)
     elif args.command == "evaluate":
-        from .evaluate import evaluate_stage
         evaluate_stage(ws, musdb_root=args.musdb_root, shard=shard, kinds=args.kinds, progress=progress, log=_log)
     elif args.command == "separate":
         _separate(args, ws, progress)
     elif args.command == "report":
-        experiment.report_stage(ws, log=_log)
+        report_stage(ws, log=_log)
     elif args.plan:
-        from .plan import plan
         print(plan(ws, log=_log))
         return 0
     else:
-        report = experiment.reproduce(ws, musdb_root=args.musdb_root, shard=shard, progress=progress, log=_log)
+        report = reproduce(ws, musdb_root=args.musdb_root, shard=shard, progress=progress, log=_log)
         if report is not None:
             print(f"\nreport: {report}  ({time.perf_counter() - started:.0f} s)")
     return 0

@@ -32,8 +32,12 @@ import numpy
 
 from . import backend
 from .atomic import write_json
-from .errors import DataError, UserError
-from .train import FINAL_MODEL
+from .data import musdb_io
+from .errors import DataError
+from .features import stft_magnitude
+from .separate import Separator
+from .workspace import (Shard, code_version, open_prepared_cache, record_time, require_trained, run_seed,
+                        train_hash, training_units, unit_bar)
 
 TARGETS = ("vocals", "accompaniment")
 METRICS = ("SDR", "SIR", "SAR", "ISR")
@@ -53,15 +57,11 @@ class EvaluationUnavailable(DataError):
 
 def evaluation_dir(ws) -> Path:
     """``<workdir>/evaluation/<profile>-<train hash>``: scores belong to the trained runs."""
-    from .experiment import train_hash
-
     return ws.root / "evaluation" / f"{ws.profile}-{train_hash(ws.config)}"
 
 
 def evaluation_units(config: dict, test_entries: list, kinds=None) -> list[tuple[str, int, dict]]:
     """Every (kind, run, test entry), sorted by kind (profile order), run, track."""
-    from .experiment import training_units
-
     return [(kind, run, entry) for kind, run in training_units(config, kinds) for entry in test_entries]
 
 
@@ -117,8 +117,6 @@ def _target_scores(store, target: dict) -> dict:
 
 
 def _require_museval() -> None:
-    from .data import musdb_io
-
     try:
         musdb_io.require_ffmpeg()
         import museval  # noqa: F401  (imports musdb and soundfile; musdb needs ffmpeg)
@@ -131,8 +129,6 @@ def _require_museval() -> None:
 def _test_tracks(cache, musdb_root) -> dict:
     """The test tracks of the prepared data, by name, from ``musdb_root`` or
     the root ``prepare`` read."""
-    from .data import musdb_io
-
     recorded = cache.manifest["data"]
     root = Path(musdb_root if musdb_root else recorded["root"]).expanduser()
     if not (root / "test").is_dir():
@@ -150,9 +146,6 @@ def _test_tracks(cache, musdb_root) -> dict:
 
 def _excerpt(cache, entry: dict, ref):
     """The test excerpt's audio, checked against the cached features."""
-    from .data import musdb_io
-    from .features import stft_magnitude
-
     start = entry["start_sample"]
     excerpt = musdb_io.load_excerpt(ref, start, start + entry["n_samples"])
     cached = numpy.asarray(cache.test_magnitudes(entry["index"]))
@@ -166,13 +159,6 @@ def _excerpt(cache, entry: dict, ref):
 # ---------------------------------------------------------------- the stage
 
 
-def _require_trained(ws, pairs) -> None:
-    missing = sorted(f"{kind} run {run}" for kind, run in pairs if not (ws.run_dir(kind, run) / FINAL_MODEL).exists())
-    if missing:
-        raise UserError(f"evaluate needs trained models that are not finished: {', '.join(missing[:6])}"
-                        f"{' …' if len(missing) > 6 else ''}; run `nca-np train` (all shards) first")
-
-
 def evaluate_stage(ws, *, musdb_root=None, shard=None, kinds=None, progress=True, log=print) -> None:
     """Separate and score every (kind, run, test track) unit of this shard not done yet.
 
@@ -180,8 +166,6 @@ def evaluate_stage(ws, *, musdb_root=None, shard=None, kinds=None, progress=True
         EvaluationUnavailable: the test audio, museval or ffmpeg is missing here.
         UserError: runs not trained, audio that differs from the prepared features.
     """
-    from .experiment import Shard, _record_time, _unit_bar, code_version, open_prepared_cache
-
     shard = shard or Shard()
     config = ws.config
     cache = open_prepared_cache(ws)
@@ -190,7 +174,7 @@ def evaluate_stage(ws, *, musdb_root=None, shard=None, kinds=None, progress=True
     log(f"evaluate: {len(units)} (model, run, track) units in this shard, {len(units) - len(todo)} already done")
     if not todo:
         return
-    _require_trained(ws, {(kind, run) for kind, run, _ in todo})
+    require_trained(ws, {(kind, run) for kind, run, _ in todo}, "evaluate")
     refs = _test_tracks(cache, musdb_root)
     _record_tracks(ws, cache)
     record = {"cache_key": cache.key, "code_version": code_version(), "window_seconds": WINDOW_SECONDS,
@@ -200,13 +184,13 @@ def evaluate_stage(ws, *, musdb_root=None, shard=None, kinds=None, progress=True
     excerpt = None
     try:
         # by track, so each excerpt is read once
-        for kind, run, entry in _unit_bar(sorted(todo, key=lambda u: u[2]["index"]), "evaluate", progress):
+        for kind, run, entry in unit_bar(sorted(todo, key=lambda u: u[2]["index"]), "evaluate", progress):
             if excerpt is None or excerpt.name != entry["name"]:
                 excerpt = _excerpt(cache, entry, refs[entry["name"]])
             unit = evaluate_unit(ws, kind, run, entry, excerpt, module=module, record=record)
             log(_unit_line(unit))
     finally:
-        _record_time(evaluation_dir(ws), "evaluate", shard, time.perf_counter() - started)
+        record_time(evaluation_dir(ws), "evaluate", shard, time.perf_counter() - started)
 
 
 def _record_tracks(ws, cache) -> None:
@@ -220,9 +204,6 @@ def _record_tracks(ws, cache) -> None:
 
 def evaluate_unit(ws, kind: str, run: int, entry: dict, excerpt, *, module=None, record=None) -> dict:
     """Separate one excerpt with one run, score it, write the unit file; returns the unit."""
-    from .experiment import run_seed
-    from .separate import Separator
-
     started = time.perf_counter()
     separator = Separator.from_run(ws.run_dir(kind, run), module=module)
     vocals, accompaniment = separator.separate(excerpt.mixture, excerpt.sample_rate)

@@ -48,6 +48,7 @@ from .layers import (
     relu_forward,
 )
 from .models import build_model
+from .stacked import StackedModel
 
 #: Default pass/fail threshold on the relative error.
 THRESHOLD = 1e-5
@@ -192,8 +193,6 @@ def check_stacked_gradients(kind, *, runs=2, n_freq=6, batch=5, seed=0, module=n
     Run r is :func:`model_check_point`'s float64 model of seed ``seed + r``.
     Returns ``[("<kind> stacked ×R", max relative error)]``.
     """
-    from .stacked import StackedModel
-
     models, X, Y = [], None, None
     for r in range(runs):
         model, X_r, Y_r = model_check_point(kind, n_freq=n_freq, batch=batch, seed=seed + r, module=module)

@@ -18,12 +18,13 @@ import time
 import numpy
 
 from . import backend
+from .calibrate import nca_iteration_seconds, training_step_seconds
 from .config import config_hash
 from .errors import UserError
-from .experiment import Workspace, open_prepared_cache, training_units
 from .models import model_kind
 from .nca import get_strategy
 from .train import CHECKPOINT, FINAL_MODEL
+from .workspace import Workspace, open_prepared_cache, training_units
 
 
 
@@ -172,8 +173,6 @@ def measure_step_times(config: dict) -> tuple[dict, dict]:
     """Per model: seconds per run-step of stacked training (a stacked step's
     time over its runs), and seconds per NCA iteration of all strategies
     (setup excluded). See :mod:`nca_np.calibrate`."""
-    from .calibrate import nca_iteration_seconds, training_step_seconds
-
     module = backend.xp()
     n_freq = config["stft"]["n_fft"] // 2 + 1
     runs = calibration_runs(config, module)
