@@ -32,6 +32,7 @@ import numpy
 
 from . import backend
 from .atomic import write_json
+from .audio import AUDIO_INSTALL, audio_module
 from .data import musdb_io
 from .errors import DataError
 from .features import stft_magnitude
@@ -92,7 +93,7 @@ def score_excerpt(references: dict, estimates: dict, sample_rate: int, track_nam
         museval's frame values (infinite ones as NaN, quantised to 1e-5 as
         museval stores them) and their median over the finite ones.
     """
-    import museval
+    museval = audio_module("museval")
 
     channels = references[TARGETS[0]].shape[1]
     ests = [estimates[t] if numpy.ndim(estimates[t]) == 2 else upmix(estimates[t], channels) for t in TARGETS]
@@ -119,11 +120,11 @@ def _target_scores(store, target: dict) -> dict:
 def _require_museval() -> None:
     try:
         musdb_io.require_ffmpeg()
-        import museval  # noqa: F401  (imports musdb and soundfile; musdb needs ffmpeg)
-        import soundfile  # noqa: F401
+        audio_module("museval")  # imports musdb and soundfile; musdb needs ffmpeg
+        audio_module("soundfile")
     except (DataError, ImportError, RuntimeError) as exc:
         raise EvaluationUnavailable(f"evaluate scores with museval, which cannot be used here ({exc}); "
-                                    "pip install museval and install ffmpeg") from None
+                                    f"install the audio extra ({AUDIO_INSTALL}) and ffmpeg") from None
 
 
 def _test_tracks(cache, musdb_root) -> dict:

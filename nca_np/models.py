@@ -176,7 +176,10 @@ class Model:
             X: (B, F) mixture magnitudes, frames as rows.
             Y: (B, F) target vocals magnitudes.
             out: optional list of arrays shaped like ``params`` to write the
-                gradients into (the training loop reuses one set).
+                gradients into, so that a caller stepping repeatedly
+                allocates them once. (Training runs the stacked form of
+                :mod:`nca_np.stacked` and :mod:`nca_np.kernels`, checked
+                against this one; this is the textbook pass.)
 
         Returns:
             ``(loss, grads)``: loss a 0-d array of the model's module and

@@ -569,6 +569,25 @@ def student_iteration_flops(n_layers: int, n_freq: int, frames: int) -> float:
     return 2.0 * 2 * n_freq**2 * frames
 
 
+def chain_iteration_products(n_layers: int, n_freq: int, frames: int) -> list[tuple]:
+    """The matrix products of one compositional iteration, as they are called:
+    per layer (paper reading) ``P Aᵀ`` (Z), ``W̃ H`` (forward chain), ``U Hᵀ``
+    (G), ``dZ A`` (∂E/∂P), and ``W̃ᵀ U`` below the top layer (backward chain).
+    Each is ``(lhs shape, transpose lhs, rhs shape, transpose rhs)``, the
+    shapes of the stored arrays."""
+    F, T = n_freq, frames
+    per_layer = [((F, F), False, (F, F), True), ((F, F), False, (F, T), False),
+                 ((F, T), False, (F, T), True), ((F, F), False, (F, F), False)]
+    return per_layer * n_layers + [((F, F), True, (F, T), False)] * (n_layers - 1)
+
+
+def student_iteration_products(n_layers: int, n_freq: int, frames: int) -> list[tuple]:
+    """The matrix products of one student iteration (Eqs. 15–16): ``C X`` and
+    ``S Xᵀ``, as in :func:`chain_iteration_products`."""
+    F, T = n_freq, frames
+    return [((F, F), False, (F, T), False), ((F, T), False, (F, T), True)]
+
+
 @dataclass(frozen=True)
 class Strategy:
     """One NCA strategy, declared once in :data:`STRATEGIES`.
@@ -585,6 +604,10 @@ class Strategy:
         flops: ``(n_layers, n_freq, frames) ->`` FLOPs of one iteration's
             matrix products, for time estimates and bounds (the plan,
             gpucheck); a strategy that does not say is costed as the chain.
+        products: ``(n_layers, n_freq, frames) ->`` the matrix products of
+            one iteration (:func:`chain_iteration_products`), which
+            ``scripts/bench_nca.py`` times on their own as the iteration's
+            bound; the chain's when a strategy does not say.
         free: whether C itself is unconstrained, so that every exact
             couplings matrix — the least-squares ones included — is within
             its reach (docs/method.md#exact-references); the report reads it
@@ -601,6 +624,7 @@ class Strategy:
     equations: str = ""
     unknowns: Callable[[int], int] = _one_unknown
     flops: Callable[[int, int, int], float] = chain_iteration_flops
+    products: Callable[[int, int, int], list] = chain_iteration_products
     free: bool = False
     check_points: Callable | None = None
 
@@ -666,7 +690,8 @@ def register_strategy(strategy: Strategy) -> Strategy:
 
 
 register_strategy(Strategy("student", "NCA student", _start_student, "Eqs. 15–16",
-                           flops=student_iteration_flops, free=True, check_points=student_check_points))
+                           flops=student_iteration_flops, products=student_iteration_products, free=True,
+                           check_points=student_check_points))
 register_strategy(Strategy("compositional", "NCA compositional", _start_compositional, "Eqs. 17–21",
                            _one_per_layer, check_points=_chain_check_points))
 

@@ -11,7 +11,7 @@ import pytest
 import re
 
 from nca_np import experiment, nca
-from nca_np.couplings import couplings_stage, unit_draws
+from nca_np.couplings import NcaSettings, couplings_stage, unit_draws
 from nca_np.config import load_profile
 from nca_np.errors import UserError
 from nca_np.models import MODEL_KINDS, ModelKind, build_model, kind_names, model_kind
@@ -91,3 +91,30 @@ def test_time_estimates_read_each_strategys_declared_cost():
     F, T = 2049, 360
     assert nca_iteration_flops("dae", "student", n_freq=F, frames=T) == 4.0 * F**2 * T
     assert nca_iteration_flops("mss-dae", "compositional", n_freq=F, frames=T) == 2.0 * (8 * F**3 + 11 * F**2 * T)
+
+
+def _product_flops(lhs, transpose_lhs, rhs, transpose_rhs) -> int:
+    """2 m k n of one product, from the stored shapes and transpositions."""
+    m, k = lhs[::-1] if transpose_lhs else lhs
+    k_rhs, n = rhs[::-1] if transpose_rhs else rhs
+    assert k == k_rhs, "the declared product does not chain"
+    return 2 * m * k * n
+
+
+@pytest.mark.parametrize("strategy", nca.strategy_names())
+def test_each_strategys_declared_products_make_its_declared_flops(strategy):
+    declared = nca.get_strategy(strategy)
+    for depth in sorted({model_kind(kind).n_layers for kind in kind_names()}):
+        products = declared.products(depth, 7, 5)
+        assert sum(_product_flops(*product) for product in products) == declared.flops(depth, 7, 5)
+    assert declared.matrix_key == f"C_{strategy}"
+
+
+def test_nca_settings_default_to_the_papers_and_read_the_nca_section():
+    paper = load_profile("paper")["nca"]
+    assert NcaSettings.from_config(paper) == NcaSettings()
+    tiny = load_profile(str(PROFILE))["nca"]
+    settings = NcaSettings.from_config(tiny)
+    assert settings.strategies == tuple(tiny["strategies"])
+    assert settings.fit_arguments()["lr"] == tiny["learning_rate"]
+    assert settings.fit_arguments()["max_iterations"] == tiny["max_iterations"]

@@ -15,7 +15,7 @@ import pytest
 from nca_np import report
 from nca_np.models import MODEL_KINDS, ModelKind
 from nca_np.nca import get_strategy
-from nca_np.report import diagnostics as nca_report
+from nca_np.report import diagnostics as report_diagnostics
 from nca_np.report.prose import reconstruction_text
 from nca_np.errors import UserError
 from strict_xp import strict
@@ -430,7 +430,7 @@ def test_diagnostics_count_converged_fits_ranks_and_spread():
     units[1]["strategies"]["student"]["tod_r_range"] = [2.0, 2.1]
     units[1]["strategies"]["student"]["spread"] = [{"init_seed": 9, "tod_r": 2.1}]
 
-    diagnostics = nca_report.diagnose(units, kinds=KINDS, strategies=STRATEGIES)
+    diagnostics = report_diagnostics.diagnose(units, kinds=KINDS, strategies=STRATEGIES)
 
     rows = {(r["kind"], r["strategy"]): r for r in diagnostics["convergence"]["rows"]}
     assert (rows["dae", "student"]["converged"], rows["dae", "student"]["fits"]) == (2, 3)
@@ -449,23 +449,23 @@ def test_diagnostics_count_converged_fits_ranks_and_spread():
 
 def test_the_note_says_what_tod_r_measures_when_fits_did_not_converge_or_are_underdetermined():
     units = make_units()
-    note = nca_report.measurement_note(nca_report.diagnose(units, kinds=KINDS, strategies=STRATEGIES), STRATEGIES)
+    note = report_diagnostics.measurement_note(report_diagnostics.diagnose(units, kinds=KINDS, strategies=STRATEGIES), STRATEGIES)
     assert "underdetermined on 9 of 9 segments (rank X = 8 < F = 16" in note
     assert "DAE 1.20 to 101.00" in note  # nearest the student's initial C, nearest the identity
     assert "converged by" not in note  # every fit converged
     assert "stop above the minimum of their own loss" in note and "DAE 0.00 against 0.10" in note
 
     units[4]["strategies"]["compositional"]["converged"] = False
-    note = nca_report.measurement_note(nca_report.diagnose(units, kinds=KINDS, strategies=STRATEGIES), STRATEGIES)
+    note = report_diagnostics.measurement_note(report_diagnostics.diagnose(units, kinds=KINDS, strategies=STRATEGIES), STRATEGIES)
     assert "17 of 18 NCA fits converged" in note and "NCA compositional 8 of 9" in note
 
     for unit in units:
         unit["references"].update(rank=N_FREQ, determined=True)
         unit["references"]["min_norm"]["relative_error"] = 0.5  # the student fits (0.1) beat least squares
         unit["strategies"]["compositional"]["converged"] = True
-    diagnostics = nca_report.diagnose(units, kinds=KINDS, strategies=STRATEGIES)
-    assert nca_report.measurement_note(diagnostics, STRATEGIES) == ""
-    assert "determined on every segment (rank X = F = 16" in nca_report.regime_sentence(diagnostics)
+    diagnostics = report_diagnostics.diagnose(units, kinds=KINDS, strategies=STRATEGIES)
+    assert report_diagnostics.measurement_note(diagnostics, STRATEGIES) == ""
+    assert "determined on every segment (rank X = F = 16" in report_diagnostics.regime_sentence(diagnostics)
 
 
 def test_report_md_opens_with_the_note_and_has_the_new_tables(written):
@@ -483,7 +483,7 @@ def test_units_without_diagnostics_are_refused_with_a_way_out():
     units = make_units()
     del units[2]["references"]
     with pytest.raises(UserError, match="has no references.*re-run the couplings stage"):
-        nca_report.diagnose(units, kinds=KINDS, strategies=STRATEGIES)
+        report_diagnostics.diagnose(units, kinds=KINDS, strategies=STRATEGIES)
 
 
 def test_captions_name_the_models_reported_from_their_registered_names(monkeypatch, written):

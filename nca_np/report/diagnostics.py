@@ -334,6 +334,22 @@ def _free_above_least_squares(rows) -> list:
             and r["relative_error"]["median"] > r["least_squares_error"]["median"]]
 
 
+def _unconverged_text(diagnostics: dict, strategies, converged: int, fits: int) -> str:
+    """How many fits converged, per strategy, and what that means for TOD-R."""
+    rows = diagnostics["convergence"]["rows"]
+    window = 100 * diagnostics["convergence"]["window"]
+    per_strategy = "; ".join(
+        f"{get_strategy(s).label} {sum(r['converged'] for r in rows if r['strategy'] == s)} of "
+        f"{sum(r['fits'] for r in rows if r['strategy'] == s)} (median relative error "
+        + ", ".join(f"{r['model']} {_fmt(r['relative_error']['median'], 2)}" for r in rows if r["strategy"] == s)
+        + ")" for s in strategies)
+    return (f"{converged} of {fits} NCA fits converged by this project's rule (their loss changed by less than "
+            f"{100 * diagnostics['tolerance']:g} % over the last {window:g} % of their iterations, "
+            f"docs/method.md#convergence): {per_strategy}; the relative error ‖V − C X‖₁ / ‖V‖₁ is 1 for C = 0. "
+            "The TOD-R of a fit that has not converged is a snapshot of a matrix that was still changing, "
+            "not yet a property of the model.")
+
+
 def measurement_note(diagnostics: dict, strategies) -> str:
     """The report's opening paragraph when its TOD-R column does not simply
     measure the models: fits that did not converge, student fits that stop
@@ -349,18 +365,7 @@ def measurement_note(diagnostics: dict, strategies) -> str:
         return ""
     parts = ["**What the TOD-R column measures here.**"]
     if converged < fits:
-        window = 100 * diagnostics["convergence"]["window"]
-        per_strategy = "; ".join(
-            f"{get_strategy(s).label} {sum(r['converged'] for r in rows if r['strategy'] == s)} of "
-            f"{sum(r['fits'] for r in rows if r['strategy'] == s)} (median relative error "
-            + ", ".join(f"{r['model']} {_fmt(r['relative_error']['median'], 2)}" for r in rows if r["strategy"] == s)
-            + ")" for s in strategies)
-        parts.append(
-            f"{converged} of {fits} NCA fits converged by this project's rule (their loss changed by less than "
-            f"{100 * diagnostics['tolerance']:g} % over the last {window:g} % of their iterations, "
-            f"docs/method.md#convergence): {per_strategy}; the relative error ‖V − C X‖₁ / ‖V‖₁ is 1 for C = 0. "
-            "The TOD-R of a fit that has not converged is a snapshot of a matrix that was still changing, "
-            "not yet a property of the model.")
+        parts.append(_unconverged_text(diagnostics, strategies, converged, fits))
     if above:
         who = " and ".join(dict.fromkeys(r["strategy"] for r in above))
         parts.append(
