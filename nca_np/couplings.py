@@ -115,11 +115,13 @@ def spread_seeds(config: dict, kind: str, segment_number: int) -> list[int]:
 
 
 def couplings_units(config: dict, segments: list[dict], kinds=None) -> list[tuple[str, dict]]:
+    """Every (kind, segment) unit, by kind (profile order) then segment, optionally restricted."""
     kinds = [k for k in config["train"]["kinds"] if kinds is None or k in kinds]
     return [(kind, segment) for kind in kinds for segment in segments]
 
 
 def unit_path(ws: Workspace, kind: str, segment: dict) -> Path:
+    """``couplings/<profile>-<hash>/<kind>/sNNNN.json``: one unit's file."""
     return ws.couplings_dir / kind / f"{segment['id']}.json"
 
 

@@ -146,7 +146,7 @@ def strategy_label(strategy: str) -> str:
 
 def _check_kinds_strategies(kinds, strategies) -> None:
     if not kinds:
-        raise ReportError("no model kinds to report: pass kinds, e.g. ['dae', 'mss-dae', 'sf']")
+        raise ReportError(f"no model kinds to report: pass kinds, e.g. {list(MODEL_KINDS)}")
     if len(set(kinds)) != len(kinds):
         raise ReportError(f"kinds lists a model twice: {list(kinds)}")
     unknown = [s for s in strategies if s not in STRATEGIES]
@@ -204,9 +204,10 @@ def summarise(units, *, kinds, strategies) -> dict:
             ``tod_r``, ``snr_model_db``, ``snr_true_db``, ``losses`` …),
             ``baselines`` (``linear``: ``snr_model_db``, ``tod_r``;
             ``identity``: ``snr_model_db``) and ``model_snr_true_db``.
-        kinds: the model kinds in display order ("dae", "mss-dae", "sf").
-        strategies: the NCA strategies in display order, a subset of
-            ("student", "compositional").
+        kinds: the model kinds in display order (registered ones, e.g.
+            "dae", "mss-dae", "sf").
+        strategies: the NCA strategies in display order, a subset of the
+            registered ones (:func:`nca_np.nca.strategy_names`).
 
     Returns:
         The three tables by name, each ``{"title", "unit", "std",
