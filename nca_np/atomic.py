@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy
 
+from .audio import audio_module
+
 #: A temporary older than this is stale whoever wrote it (no single write
 #: takes that long); a younger one is stale only when its writer, on this
 #: machine, is no longer running.
@@ -204,7 +206,7 @@ def write_wavs(signals: dict, sample_rate: int, *, subtype: str = "FLOAT") -> No
     beyond ±1 unclipped, as a separated estimate may hold. soundfile is
     imported only here.
     """
-    import soundfile
+    soundfile = audio_module("soundfile")
 
     with contextlib.ExitStack() as stack:
         for path, samples in signals.items():

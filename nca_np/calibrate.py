@@ -18,7 +18,7 @@ import numpy
 from . import backend
 from .kernels import batched_matmul
 from .models import build_model, model_kind
-from .nca import get_strategy
+from .nca import fit_couplings, get_strategy
 from .stacked import StackedAdam, StackedModel
 
 
@@ -98,7 +98,6 @@ def nca_iteration_seconds(kind: str, strategy: str, *, n_freq: int, frames: int,
                           module, budget: float = 0.3) -> float:
     """Seconds of one iteration of an NCA fit, its setup excluded: the
     difference of a 6-iteration and a 2-iteration fit, over 4."""
-    from .nca import fit_couplings
 
     model = build_model(kind, n_freq, module=module)
     segment = _uniform(module, (n_freq, frames), numpy.float32, seed=7)

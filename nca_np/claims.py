@@ -23,6 +23,8 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+from .models import display_name
+
 HOLDS = "holds"
 FAILS = "does not hold"
 UNIDENTIFIED = "not identified on this data"
@@ -71,14 +73,6 @@ def snr_of(strategy: str) -> Measure:
 
 
 LINEAR_SNR = Measure("linear composition SNR", "baselines.linear.snr_model_db")
-
-
-def _display(kind: str) -> str:
-    from .models import UnknownKind, model_kind
-    try:
-        return model_kind(kind).display_name
-    except UnknownKind:
-        return kind
 
 
 # ------------------------------------------------------------ pairing and intervals
@@ -196,7 +190,7 @@ def _row(claim: str, statement: str, side_a, side_b, log_ratio: bool, rule: str,
     stats = interval(pairs)
     mean = lambda values: sum(values) / len(values) if values else math.nan  # noqa: E731
     return {"claim": claim, "statement": statement, "measure_a": side_a[1].label, "measure_b": side_b[1].label,
-            "side_a": _display(side_a[0]), "side_b": _display(side_b[0]),
+            "side_a": display_name(side_a[0]), "side_b": display_name(side_b[0]),
             "mean_a": mean(pairs["a"]), "mean_b": mean(pairs["b"]),
             "statistic": "log ratio" if log_ratio else "difference (dB)",
             "estimate": stats["estimate"], "ci_low": stats["low"], "ci_high": stats["high"], "rule": rule,
@@ -258,7 +252,7 @@ def claim_nca_beats_linear(records, measures=(snr_of("student"), snr_of("composi
     """(iv) For MSS-DAE the NCA's SNR is far above the linear composition's:
     ``SNR_NCA − SNR_linear > WIDE_MARGIN_DB`` on the same unit."""
     rule = f"holds if CI > {WIDE_MARGIN_DB:g} dB"
-    return [_row("iv", f"{measure.label} ≫ {baseline.label} ({_display(kind)})", (kind, measure),
+    return [_row("iv", f"{measure.label} ≫ {baseline.label} ({display_name(kind)})", (kind, measure),
                  (kind, baseline), False, rule, lambda lo, hi: verdict_above(lo, hi, WIDE_MARGIN_DB), records)
             for measure in measures]
 
@@ -267,7 +261,7 @@ def claim_student_beats_compositional(records, kinds=("dae", "mss-dae", "sf"), *
                                       better=snr_of("student"), worse=snr_of("compositional")) -> list[dict]:
     """(v) The student strategy's SNR is above the compositional one's,
     for each kind: ``SNR_student − SNR_compositional > 0`` on the same unit."""
-    return [_row("v", f"{better.label} > {worse.label} ({_display(kind)})", (kind, better), (kind, worse), False,
+    return [_row("v", f"{better.label} > {worse.label} ({display_name(kind)})", (kind, better), (kind, worse), False,
                  "holds if CI > 0 dB", lambda lo, hi: verdict_above(lo, hi, 0.0), records)
             for kind in kinds]
 

@@ -29,10 +29,17 @@ import sys
 import time
 from pathlib import Path
 
-from . import backend, experiment, lock
+from . import backend, lock
 from .config import load_profile
+from .couplings import couplings_stage
 from .errors import Terminated, UserError, describe_os_error
+from .evaluate import evaluate_stage
+from .experiment import prepare_stage, reproduce, synth_stage, train_stage
 from .models import kind_names
+from .plan import plan
+from .report import report_stage
+from .separate import Options, Separator, find_run, last_trained_run, resolve_run, separate_files
+from .workspace import Shard, Workspace
 
 STAGE_HELP = {
     "synth": "generate the built-in synthetic corpus (used by the demo profile)",
@@ -150,7 +157,6 @@ def _add_separate(commands, common) -> None:
 
 
 def _separate(args, ws, progress) -> None:
-    from .separate import Options, Separator, find_run, last_trained_run, resolve_run, separate_files
 
     if args.run is not None:
         run = resolve_run(args.run, args.kind)
@@ -175,32 +181,30 @@ def run(args) -> int:
     backend.use(device)
     print(backend.device_line(), flush=True)  # first, so a run on the CPU is never silent
     config = load_profile(args.profile or os.environ.get("NCA_NP_PROFILE", "paper"), args.overrides)
-    ws = experiment.Workspace(args.workdir.resolve(), config, tuple(args.overrides))
+    ws = Workspace(args.workdir.resolve(), config, tuple(args.overrides))
     progress = not args.quiet and sys.stderr.isatty()
-    shard = experiment.Shard.parse(_shard_text(args))
+    shard = Shard.parse(_shard_text(args))
     _HELD.enter_context(_work_folder_lock(args, shard))
     started = time.perf_counter()
     if args.command == "synth":
-        experiment.synth_stage(ws, log=_log)
+        synth_stage(ws, log=_log)
     elif args.command == "prepare":
-        experiment.prepare_stage(ws, musdb_root=args.musdb_root, progress=progress, log=_log)
+        prepare_stage(ws, musdb_root=args.musdb_root, progress=progress, log=_log)
     elif args.command == "train":
-        experiment.train_stage(ws, shard=shard, kinds=args.kinds, runs=args.runs, progress=progress, log=_log)
+        train_stage(ws, shard=shard, kinds=args.kinds, runs=args.runs, progress=progress, log=_log)
     elif args.command == "couplings":
-        experiment.couplings_stage(ws, shard=shard, kinds=args.kinds, progress=progress, log=_log)
+        couplings_stage(ws, shard=shard, kinds=args.kinds, progress=progress, log=_log)
     elif args.command == "evaluate":
-        from .evaluate import evaluate_stage
         evaluate_stage(ws, musdb_root=args.musdb_root, shard=shard, kinds=args.kinds, progress=progress, log=_log)
     elif args.command == "separate":
         _separate(args, ws, progress)
     elif args.command == "report":
-        experiment.report_stage(ws, log=_log)
+        report_stage(ws, log=_log)
     elif args.plan:
-        from .plan import plan
         print(plan(ws, calibrate=not args.no_calibrate, log=_log))
         return 0
     else:
-        report = experiment.reproduce(ws, musdb_root=args.musdb_root, shard=shard, progress=progress, log=_log)
+        report = reproduce(ws, musdb_root=args.musdb_root, shard=shard, progress=progress, log=_log)
         if report is not None:
             print(f"\nreport: {report}  ({time.perf_counter() - started:.0f} s)")
     return 0

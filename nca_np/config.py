@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .models import kind_names
-from .nca import strategy_names
+from .nca import COMPOSITIONS, strategy_names
 
 #: Where the shipped profiles live (the repository's ``configs/``).
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -126,7 +126,7 @@ RULES = {
     "nca.segment_frames": (_counting, "an integer of at least 1"),
     "nca.iterations": (_counting, "an integer of at least 1"),
     "nca.learning_rate": (_finite_positive, "a finite positive number"),
-    "nca.composition": (_choices("paper", "authors-code"), "'paper' or 'authors-code'"),
+    "nca.composition": (_choices(*COMPOSITIONS), " or ".join(repr(c) for c in COMPOSITIONS)),
     "nca.seed": (_natural, "an integer of at least 0 (seeds are never negative)"),
     "nca.max_iterations": (_counting, "an integer of at least 1 (and at least nca.iterations)"),
     "nca.tolerance": (_fraction, "between 0 and 1"),

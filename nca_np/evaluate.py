@@ -37,8 +37,14 @@ import numpy
 
 from . import backend, preflight
 from .atomic import write_json
-from .errors import DataError, UserError
-from .train import FINAL_MODEL
+from .audio import AUDIO_INSTALL, audio_module
+from .data import musdb_io
+from .errors import DataError
+from .features import stft_magnitude
+from .separate import Separator
+from .train import recorded_health
+from .workspace import (Shard, code_version, open_prepared_cache, record_time, require_trained, run_seed,
+                        train_hash, training_units, unit_bar)
 
 TARGETS = ("vocals", "accompaniment")
 METRICS = ("SDR", "SIR", "SAR", "ISR")
@@ -58,15 +64,11 @@ class EvaluationUnavailable(DataError):
 
 def evaluation_dir(ws) -> Path:
     """``<workdir>/evaluation/<profile>-<train hash>``: scores belong to the trained runs."""
-    from .experiment import train_hash
-
     return ws.root / "evaluation" / f"{ws.profile}-{train_hash(ws.config)}"
 
 
 def evaluation_units(config: dict, test_entries: list, kinds=None) -> list[tuple[str, int, dict]]:
     """Every (kind, run, test entry), sorted by kind (profile order), run, track."""
-    from .experiment import training_units
-
     return [(kind, run, entry) for kind, run in training_units(config, kinds) for entry in test_entries]
 
 
@@ -129,8 +131,7 @@ def _museval():
     """
     import types
 
-    import museval
-
+    museval = audio_module("museval")
     if not hasattr(numpy.linalg, "linalg"):
         numpy.linalg.linalg = types.SimpleNamespace(LinAlgError=numpy.linalg.LinAlgError)
     return museval
@@ -144,22 +145,18 @@ class UnitFailed(Exception):
 
 
 def _require_museval() -> None:
-    from .data import musdb_io
-
     try:
         musdb_io.require_ffmpeg()
-        import museval  # noqa: F401  (imports musdb and soundfile; musdb needs ffmpeg)
-        import soundfile  # noqa: F401
+        audio_module("museval")  # imports musdb and soundfile; musdb needs ffmpeg
+        audio_module("soundfile")
     except (DataError, ImportError, RuntimeError) as exc:
         raise EvaluationUnavailable(f"evaluate scores with museval, which cannot be used here ({exc}); "
-                                    "pip install museval and install ffmpeg") from None
+                                    f"install the audio extra ({AUDIO_INSTALL}) and ffmpeg") from None
 
 
 def _test_tracks(cache, musdb_root) -> dict:
     """The test tracks of the prepared data, by name, from the dataset root
     ``musdb_root`` (see :func:`_audio_root`)."""
-    from .data import musdb_io
-
     recorded = cache.manifest["data"]
     root = Path(musdb_root).expanduser()
     if not (root / "test").is_dir():
@@ -181,9 +178,6 @@ def _test_tracks(cache, musdb_root) -> dict:
 
 def _excerpt(cache, entry: dict, ref):
     """The test excerpt's audio, checked against the cached features."""
-    from .data import musdb_io
-    from .features import stft_magnitude
-
     start = entry["start_sample"]
     excerpt = musdb_io.load_excerpt(ref, start, start + entry["n_samples"])
     cached = numpy.asarray(cache.test_magnitudes(entry["index"]))
@@ -195,13 +189,6 @@ def _excerpt(cache, entry: dict, ref):
 
 
 # ---------------------------------------------------------------- the stage
-
-
-def _require_trained(ws, pairs) -> None:
-    missing = sorted(f"{kind} run {run}" for kind, run in pairs if not (ws.run_dir(kind, run) / FINAL_MODEL).exists())
-    if missing:
-        raise UserError(f"evaluate needs trained models that are not finished: {', '.join(missing[:6])}"
-                        f"{' …' if len(missing) > 6 else ''}; run `nca-np train` (all shards) first")
 
 
 def evaluate_stage(ws, *, musdb_root=None, shard=None, kinds=None, progress=True, log=print) -> None:
@@ -216,8 +203,6 @@ def evaluate_stage(ws, *, musdb_root=None, shard=None, kinds=None, progress=True
         EvaluationUnavailable: the test audio, museval or ffmpeg is missing here.
         UserError: runs not trained, audio that differs from the prepared features.
     """
-    from .experiment import Shard, _record_time, _unit_bar, code_version, open_prepared_cache
-
     shard = shard or Shard()
     config = ws.config
     cache = open_prepared_cache(ws)
@@ -229,7 +214,7 @@ def evaluate_stage(ws, *, musdb_root=None, shard=None, kinds=None, progress=True
     log(f"evaluate: {len(units)} (model, run, track) units in this shard, {len(units) - len(todo)} already done")
     if not todo:
         return
-    _require_trained(ws, {(kind, run) for kind, run, _ in todo})
+    require_trained(ws, {(kind, run) for kind, run, _ in todo}, "evaluate")
     refs = _test_tracks(cache, _audio_root(ws, cache, musdb_root))
     _record_tracks(ws, cache, log)
     record = {"cache_key": cache.key, "code_version": code_version(), "window_seconds": WINDOW_SECONDS,
@@ -239,13 +224,13 @@ def evaluate_stage(ws, *, musdb_root=None, shard=None, kinds=None, progress=True
     excerpt = None
     try:
         # by track, so each excerpt is read once
-        for kind, run, entry in _unit_bar(sorted(todo, key=lambda u: u[2]["index"]), "evaluate", progress):
+        for kind, run, entry in unit_bar(sorted(todo, key=lambda u: u[2]["index"]), "evaluate", progress):
             if excerpt is None or excerpt.name != entry["name"]:
                 excerpt = _excerpt(cache, entry, refs[entry["name"]])
             unit = evaluate_unit(ws, kind, run, entry, excerpt, module=module, record=record)
             log(_unit_line(unit))
     finally:
-        _record_time(evaluation_dir(ws), "evaluate", shard, time.perf_counter() - started)
+        record_time(evaluation_dir(ws), "evaluate", shard, time.perf_counter() - started)
 
 
 #: What every unit file holds, scored or failed.
@@ -307,8 +292,6 @@ def evaluate_unit(ws, kind: str, run: int, entry: dict, excerpt, *, module=None,
     place of ``scores`` and ``frames``: a dead run (recorded by training, or
     an all-zero estimate of this excerpt), or museval failing on it.
     """
-    from .experiment import run_seed
-
     started = time.perf_counter()
     unit = {**(record or {}), "kind": kind, "run": run, "model_seed": run_seed(ws.config, run),
             "track": entry["name"], "track_index": entry["index"],
@@ -329,9 +312,6 @@ def _scores(ws, kind: str, run: int, entry: dict, excerpt, module) -> dict:
     Raises:
         UnitFailed: a dead run, or museval failing on this excerpt.
     """
-    from .separate import Separator
-    from .train import recorded_health
-
     run_dir = ws.run_dir(kind, run)
     health = recorded_health(run_dir)
     if health is not None and health.get("dead"):

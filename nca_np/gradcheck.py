@@ -11,12 +11,14 @@ Three groups of checks, each returning ``(name, max relative error)`` pairs:
 
 - the layer pairs of :mod:`nca_np.layers` (:func:`check_layer_pairs`);
 - every parameter of a model (:func:`check_model_gradients`);
-- the NCA (:func:`check_student_gradient`,
-  :func:`check_compositional_gradients`), whose loss is piecewise linear:
+- the NCA: every registered strategy's step at its own check points
+  (:func:`check_strategy_gradients`), and the student and compositional
+  functions themselves (:func:`check_student_gradient`,
+  :func:`check_compositional_gradients`); the loss is piecewise linear:
   its check points keep every entry of ``C X − V`` and of every ``Z_l`` at
   least :data:`MARGIN` from zero, with both signs present, so that the
   differences never cross a kink while the signs and the ReLU gates are
-  really exercised (:func:`chain_is_fair`); and the fast NCA gradients
+  really exercised (:mod:`nca_np.check_points`); and the fast NCA gradients
   against the equations as written (:func:`compare_with_textbook`,
   :func:`compare_student_with_textbook`).
 
@@ -31,6 +33,8 @@ from dataclasses import dataclass
 import numpy
 
 from . import backend, nca, nca_textbook
+from .check_points import (MARGIN, chain_check_point, chain_is_fair, fair_chain_check_point, is_fair,
+                           student_check_point)
 from .layers import (
     dense_backward,
     dense_forward,
@@ -44,6 +48,7 @@ from .layers import (
     relu_forward,
 )
 from .models import build_model
+from .stacked import StackedModel
 
 #: Default pass/fail threshold on the relative error.
 THRESHOLD = 1e-5
@@ -52,8 +57,6 @@ THRESHOLD = 1e-5
 #: relative on the smallest entries; a factor 2, a sign or a transpose gives
 #: 0.3 to 1.
 NCA_THRESHOLD = 1e-4
-#: Smallest distance of any entry of C X − V or Z_l from a kink at an NCA check point.
-MARGIN = 1e-3
 #: Threshold of a fast form against its textbook form, both exact in float64
 #: up to rounding (~1e-15).
 TEXTBOOK_THRESHOLD = 1e-10
@@ -190,8 +193,6 @@ def check_stacked_gradients(kind, *, runs=2, n_freq=6, batch=5, seed=0, module=n
     Run r is :func:`model_check_point`'s float64 model of seed ``seed + r``.
     Returns ``[("<kind> stacked ×R", max relative error)]``.
     """
-    from .stacked import StackedModel
-
     models, X, Y = [], None, None
     for r in range(runs):
         model, X_r, Y_r = model_check_point(kind, n_freq=n_freq, batch=batch, seed=seed + r, module=module)
@@ -229,66 +230,6 @@ class NcaCheck:
     errors: list
 
 
-def is_fair(array, *, margin: float = MARGIN) -> bool:
-    """Both signs present and every entry at least ``margin`` from zero."""
-    array = backend.to_host(array)
-    return bool((array < 0).any() and (array > 0).any() and numpy.abs(array).min() > margin)
-
-
-def student_check_point(*, seed=3, n_freq=8, n_frames=5, module=numpy):
-    """Float64 ``(C, X, V)`` on ``module`` with ``V = C X +`` noise of unit
-    size, so that ``C X − V`` has both signs. X is non-negative, like
-    magnitudes. Shapes (F, F), (F, T), (F, T), frames as columns."""
-    rng = backend.rng(seed)
-    C = rng.normal(0.0, 0.5, (n_freq, n_freq))
-    X = rng.uniform(0.1, 2.0, (n_freq, n_frames))
-    V = C @ X + rng.normal(0.0, 1.0, (n_freq, n_frames))
-    return tuple(backend.to_device(a, module) for a in (C, X, V))
-
-
-def chain_check_point(depth, composition, *, seed=0, n_freq=8, n_frames=5, module=numpy):
-    """A float64 NCA check point ``(weights, biases, Ps, X, V)`` of a depth-L chain.
-
-    ``W ~ N(0, 4/F)`` keeps the chain's scale about constant with depth; V is
-    ``C X`` (composed by :func:`nca_np.nca_textbook.compose`) plus noise of
-    its own size, so ``C X − V`` has both signs. Drawn on the host, then
-    moved to ``module``.
-    """
-    rng = backend.rng(seed)
-    F, T = n_freq, n_frames
-    weights = [rng.normal(0.0, 2.0 / F**0.5, (F, F)) for _ in range(depth)]
-    biases = [rng.normal(0.0, 0.3, F) for _ in range(depth)]
-    Ps = [rng.normal(0.0, 1.0 / F**0.5, (F, F)) for _ in range(depth)]
-    X = rng.uniform(0.1, 2.0, (F, T))  # magnitudes: non-negative
-    CX = nca_textbook.compose(weights, biases, Ps, composition) @ X
-    V = CX + rng.normal(0.0, float(CX.std()), (F, T))
-    weights, biases, Ps = ([backend.to_device(a, module) for a in group] for group in (weights, biases, Ps))
-    return weights, biases, Ps, backend.to_device(X, module), backend.to_device(V, module)
-
-
-def chain_is_fair(weights, biases, Ps, X, V, composition) -> bool:
-    """Every ``Z_l`` and ``C X − V`` of a chain is fair (:func:`is_fair`);
-    computed on host copies with :mod:`nca_np.nca_textbook`."""
-    weights, biases, Ps = ([backend.to_host(a) for a in group] for group in (weights, biases, Ps))
-    X, V = backend.to_host(X), backend.to_host(V)
-    if not all(is_fair(nca_textbook.pre_activation(W, b, P, composition)) for W, b, P in zip(weights, biases, Ps)):
-        return False
-    return is_fair(nca_textbook.compose(weights, biases, Ps, composition) @ X - V)
-
-
-def fair_chain_check_point(depth, composition, *, tries=50, n_freq=8, n_frames=5, module=numpy):
-    """The :func:`chain_check_point` of the first seed below ``tries`` that
-    :func:`chain_is_fair` accepts; the last one tried if none is (a check
-    made there reports ``fair`` False)."""
-    if tries < 1:
-        raise ValueError(f"tries is {tries}: at least one check point must be tried")
-    for seed in range(tries):
-        point = chain_check_point(depth, composition, seed=seed, n_freq=n_freq, n_frames=n_frames, module=module)
-        if chain_is_fair(*point, composition):
-            break
-    return point
-
-
 def check_student_gradient(*, seed=3, n_freq=8, n_frames=5, module=numpy) -> NcaCheck:
     """``nca.student_loss_and_grad``'s ``dC`` (Eq. 16) against central
     differences of its ``E`` at :func:`student_check_point`."""
@@ -296,6 +237,33 @@ def check_student_gradient(*, seed=3, n_freq=8, n_frames=5, module=numpy) -> Nca
     _, dC = nca.student_loss_and_grad(C, X, V)
     numeric = numerical_gradient(lambda: backend.to_float(nca.student_loss_and_grad(C, X, V)[0]), C)
     return NcaCheck("student", is_fair(C @ X - V), [("dC", max_relative_error(dC, numeric))])
+
+
+def check_strategy_gradients(name: str, *, module=numpy) -> list[NcaCheck]:
+    """A registered strategy's gradients against central differences of its
+    loss ``E``, at each of its check points (:attr:`nca_np.nca.Strategy.check_points`).
+
+    The step under check is the one the fits run: ``strategy.start``'s
+    ``loss_and_grads``, with the check point's unknowns as its parameters.
+    Returns one :class:`NcaCheck` per check point; none for a strategy that
+    declares no check points.
+    """
+    strategy = nca.get_strategy(name)
+    points = strategy.check_points(module) if strategy.check_points is not None else []
+    return [_check_at(strategy, point) for point in points]
+
+
+def _check_at(strategy, point) -> NcaCheck:
+    fitting = strategy.start(point.model, point.X, point.V, point.initial, point.composition)
+    _, grads = fitting.loss_and_grads()
+    grads = [grad.copy() for grad in grads]  # the step may reuse its gradient buffers
+
+    def loss():
+        return backend.to_float(fitting.loss_and_grads()[0])
+
+    errors = [(f"d{name}", max_relative_error(grad, numerical_gradient(loss, param)))
+              for name, param, grad in zip(point.names, fitting.params, grads)]
+    return NcaCheck(point.label, point.fair, errors)
 
 
 def check_compositional_gradients(depth, composition, *, n_freq=8, n_frames=5, module=numpy,

@@ -106,8 +106,10 @@ def dense_relu_backward(da, cache, *, need_dx=True, dW_out=None, db_out=None):
         need_dx: False for the first layer, whose input is data: skips one
             matrix product.
         dW_out, db_out: optional preallocated outputs for ``∂L/∂W`` and
-            ``∂L/∂b`` (the training loop reuses them, so no large array is
-            allocated per step).
+            ``∂L/∂b``, so that a caller stepping repeatedly allocates no
+            large array per step. (Training runs the stacked form of
+            :mod:`nca_np.stacked` and :mod:`nca_np.kernels`, which fuses
+            these steps; these pairs are its textbook reference.)
 
     Returns:
         ``(dx, dW, db)``; ``dx`` is None when ``need_dx`` is False.

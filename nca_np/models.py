@@ -77,6 +77,13 @@ def kind_names() -> tuple[str, ...]:
     return tuple(MODEL_KINDS)
 
 
+def display_name(kind: str) -> str:
+    """The registered kind's display name ("DAE", "MSS-DAE", "SF"), the
+    name itself for a kind that is not registered."""
+    spec = MODEL_KINDS.get(kind)
+    return spec.display_name if spec is not None else kind
+
+
 def model_kind(name: str) -> ModelKind:
     """The registered kind called ``name``.
 
@@ -176,7 +183,10 @@ class Model:
             X: (B, F) mixture magnitudes, frames as rows.
             Y: (B, F) target vocals magnitudes.
             out: optional list of arrays shaped like ``params`` to write the
-                gradients into (the training loop reuses one set).
+                gradients into, so that a caller stepping repeatedly
+                allocates them once. (Training runs the stacked form of
+                :mod:`nca_np.stacked` and :mod:`nca_np.kernels`, checked
+                against this one; this is the textbook pass.)
 
         Returns:
             ``(loss, grads)``: loss a 0-d array of the model's module and

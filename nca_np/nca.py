@@ -32,10 +32,12 @@ from typing import Callable
 import numpy
 
 from . import backend, metrics
+from .check_points import chain_gradient_check_point, student_check_points
 from .errors import UserError
 from .models import glorot_normal
 from .optim import Adam
 
+#: The two readings of Eqs. 18–19 (docs/method.md#nca); the configuration accepts these.
 COMPOSITIONS = ("paper", "authors-code")
 
 
@@ -573,6 +575,25 @@ def student_iteration_flops(n_layers: int, n_freq: int, frames: int) -> float:
     return 2.0 * 2 * n_freq**2 * frames
 
 
+def chain_iteration_products(n_layers: int, n_freq: int, frames: int) -> list[tuple]:
+    """The matrix products of one compositional iteration, as they are called:
+    per layer (paper reading) ``P Aᵀ`` (Z), ``W̃ H`` (forward chain), ``U Hᵀ``
+    (G), ``dZ A`` (∂E/∂P), and ``W̃ᵀ U`` below the top layer (backward chain).
+    Each is ``(lhs shape, transpose lhs, rhs shape, transpose rhs)``, the
+    shapes of the stored arrays."""
+    F, T = n_freq, frames
+    per_layer = [((F, F), False, (F, F), True), ((F, F), False, (F, T), False),
+                 ((F, T), False, (F, T), True), ((F, F), False, (F, F), False)]
+    return per_layer * n_layers + [((F, F), True, (F, T), False)] * (n_layers - 1)
+
+
+def student_iteration_products(n_layers: int, n_freq: int, frames: int) -> list[tuple]:
+    """The matrix products of one student iteration (Eqs. 15–16): ``C X`` and
+    ``S Xᵀ``, as in :func:`chain_iteration_products`."""
+    F, T = n_freq, frames
+    return [((F, F), False, (F, T), False), ((F, T), False, (F, T), True)]
+
+
 @dataclass(frozen=True)
 class Strategy:
     """One NCA strategy, declared once in :data:`STRATEGIES`.
@@ -589,6 +610,18 @@ class Strategy:
         flops: ``(n_layers, n_freq, frames) ->`` FLOPs of one iteration's
             matrix products, for time estimates and bounds (the plan,
             gpucheck); a strategy that does not say is costed as the chain.
+        products: ``(n_layers, n_freq, frames) ->`` the matrix products of
+            one iteration (:func:`chain_iteration_products`), which
+            ``scripts/bench_nca.py`` times on their own as the iteration's
+            bound; the chain's when a strategy does not say.
+        free: whether C itself is unconstrained, so that every exact
+            couplings matrix — the least-squares ones included — is within
+            its reach (docs/method.md#exact-references); the report reads it
+            where a fit is compared with the least-squares reference.
+        check_points: ``module -> [GradientCheckPoint, …]``: small float64
+            problems at which :mod:`nca_np.gradcheck` compares the gradients
+            of ``start``'s step with central differences (see
+            :mod:`nca_np.check_points`).
     """
 
     name: str
@@ -597,6 +630,14 @@ class Strategy:
     equations: str = ""
     unknowns: Callable[[int], int] = _one_unknown
     flops: Callable[[int, int, int], float] = chain_iteration_flops
+    products: Callable[[int, int, int], list] = chain_iteration_products
+    free: bool = False
+    check_points: Callable | None = None
+
+    @property
+    def matrix_key(self) -> str:
+        """The key of its couplings matrix in the saved arrays (Figure 3), e.g. "C_student"."""
+        return f"C_{self.name}"
 
 
 def _start_student(model, X, V, initial, composition) -> _Fitting:
@@ -634,6 +675,13 @@ def _start_compositional(model, X, V, initial, composition) -> _Fitting:
     return _Fitting(Ps, loss_and_grads, couplings, result)
 
 
+def _chain_check_points(module=numpy) -> list:
+    """The compositional gradient checks: both readings of Eqs. 18–19,
+    chains of 2 and 4 layers (Eqs. 20–21 and their general form)."""
+    return [chain_gradient_check_point(depth, composition, module=module)
+            for composition in COMPOSITIONS for depth in (2, 4)]
+
+
 #: The registry of NCA strategies: a new strategy is declared here, once,
 #: with :func:`register_strategy`; configuration, experiment and report read it.
 STRATEGIES: dict[str, Strategy] = {}
@@ -648,9 +696,10 @@ def register_strategy(strategy: Strategy) -> Strategy:
 
 
 register_strategy(Strategy("student", "NCA student", _start_student, "Eqs. 15–16",
-                           flops=student_iteration_flops))
+                           flops=student_iteration_flops, products=student_iteration_products, free=True,
+                           check_points=student_check_points))
 register_strategy(Strategy("compositional", "NCA compositional", _start_compositional, "Eqs. 17–21",
-                           _one_per_layer))
+                           _one_per_layer, check_points=_chain_check_points))
 
 
 def strategy_names() -> tuple[str, ...]:

@@ -30,12 +30,13 @@ import numpy
 
 from . import backend
 from .atomic import write_json
+from .calibrate import nca_iteration_seconds, training_step_seconds
 from .config import config_hash
 from .errors import UserError
-from .experiment import Workspace, open_prepared_cache, training_units
 from .models import model_kind
 from .nca import get_strategy
 from .train import CHECKPOINT, FINAL_MODEL
+from .workspace import Workspace, code_version, open_prepared_cache, training_units
 
 
 
@@ -118,8 +119,6 @@ def step_times(ws: Workspace, *, calibrate: bool = True, log=None, progress=None
 def calibration_key(config: dict) -> dict:
     """What a calibration's times depend on: this machine, its device, the
     code version and the sizes the calibration times."""
-    from .experiment import code_version
-
     module = backend.xp()
     return {"host": socket.gethostname(), "device": backend.device_description(), "code": code_version(),
             "n_freq": config["stft"]["n_fft"] // 2 + 1, "batch_size": config["train"]["batch_size"],
@@ -269,8 +268,6 @@ def measure_step_times(config: dict, *, progress=None) -> tuple[dict, dict]:
     time over its runs), and seconds per NCA iteration of all strategies
     (setup excluded), each model said to ``progress`` once timed. See
     :mod:`nca_np.calibrate`."""
-    from .calibrate import nca_iteration_seconds, training_step_seconds
-
     module = backend.xp()
     n_freq = config["stft"]["n_fft"] // 2 + 1
     runs = calibration_runs(config, module)

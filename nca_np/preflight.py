@@ -9,7 +9,7 @@ Every stage asks, before it starts its first unit:
 - will the NCA have any segment to explain (docs/method.md#protocol:
   :func:`check_segment_length` from the settings alone, :func:`check_segments`
   from the prepared cache, counted by the couplings stage's own
-  :func:`~nca_np.experiment.segment_table`);
+  :func:`~nca_np.couplings.segment_table`);
 - are the units on disk that look finished intact (:func:`discard_damaged`,
   with :func:`json_damage` and :func:`npz_damage`): a damaged one is named,
   removed and computed again instead of being counted as done.
@@ -167,7 +167,7 @@ def check_segment_length(config: dict) -> None:
 
 def check_segments(segments: list, cache, config: dict) -> None:
     """After preparing: the NCA's segments, as the couplings stage numbers
-    them (``segments`` from :func:`~nca_np.experiment.segment_table`), are
+    them (``segments`` from :func:`~nca_np.couplings.segment_table`), are
     not none.
 
     Raises:

@@ -46,10 +46,12 @@ import numpy
 
 from . import backend
 from .atomic import atomic_open, remove_stale_temporaries
+from .audio import audio_module
 from .data import musdb_io
 from .errors import DataError, UserError
 from .features import Scaler, StftSettings, istft, n_frames, stft, to_mono
 from .train import FINAL_MODEL, load_model
+from .workspace import train_hash
 
 #: Values (frames × bins) per block: about 4 MiB of float32, so a block of
 #: the paper's F = 2049 bins is 512 frames (4.5 s) and its working set stays
@@ -165,8 +167,6 @@ def resolve_run(path, kind: str | None = None) -> Path:
 def training_dir_of_report(results_dir) -> Path:
     """``<workdir>/runs/<profile>-<train hash>`` of the configuration a report
     folder's ``metadata.json`` records (``profile`` and ``config``)."""
-    from .experiment import train_hash
-
     results_dir = Path(results_dir)
     try:
         metadata = json.loads((results_dir / "metadata.json").read_text(encoding="utf-8"))
@@ -447,8 +447,7 @@ def read_mixture(path, *, mono: bool = True) -> tuple[numpy.ndarray, int]:
 
 
 def _read_with_soundfile(path: Path, *, mono: bool = True) -> tuple[numpy.ndarray, int]:
-    import soundfile
-
+    soundfile = audio_module("soundfile")
     try:
         with soundfile.SoundFile(str(path)) as handle:
             rate = int(handle.samplerate)
@@ -539,8 +538,7 @@ def _write_wav(handle, samples: numpy.ndarray, sample_rate: int) -> None:
     """A 32-bit float WAV of ``(n,)`` or ``(n, C)`` samples, written in pieces
     of :data:`_READ_SAMPLES` frames (soundfile hands the file a copy of all it
     is given at once: pieces keep that copy small)."""
-    import soundfile
-
+    soundfile = audio_module("soundfile")
     channels = 1 if samples.ndim == 1 else samples.shape[1]
     with soundfile.SoundFile(handle, "w", int(sample_rate), channels, format="WAV", subtype="FLOAT") as wav:
         for start in range(0, samples.shape[0], _READ_SAMPLES):

@@ -40,6 +40,7 @@ import numpy
 from . import backend
 from .atomic import save_npz
 from .errors import UserError
+from .layers import dense_relu_forward
 from .models import Model
 from .optim import PlateauSchedule
 from .stacked import StackedAdam, StackedModel
@@ -549,7 +550,6 @@ def run_health(model: Model, frames) -> dict:
         the layers (1-based, encoder first) with every unit off on every
         frame, ``reason`` one sentence when ``dead``.
     """
-    from .layers import dense_relu_forward
 
     h = model._as_input(frames)
     dead_layers = []

@@ -47,7 +47,7 @@ def filter(mixture_stft, vocals_magnitude, accompaniment_magnitude, iterations: 
             warnings.simplefilter("ignore", DeprecationWarning)
             import norbert
     except ImportError:
-        raise UserError("Wiener filtering needs the norbert package: pip install norbert") from None
+        raise UserError("Wiener filtering needs the norbert package: pip install 'nca_np[audio]' (or make setup)") from None
     mixture_stft = numpy.asarray(mixture_stft)
     if mixture_stft.ndim != 3:
         raise ValueError(f"mixture_stft must be (frames, bins, channels), got shape {mixture_stft.shape}")

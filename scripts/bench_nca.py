@@ -1,7 +1,7 @@
 """Time one NCA iteration (loss, gradients, Adam step) of each strategy.
 
-Cases: the student strategy and the compositional strategy for a chain of 2
-layers (DAE, SF) and of 4 (MSS-DAE), at the study's size F = 2049, T = 360,
+Cases: every registered strategy (the student; the compositional strategy
+for a chain of 2 layers, DAE and SF, and of 4, MSS-DAE), at the study's size F = 2049, T = 360,
 float32, on the active backend. Each case runs in a fresh process. Each
 iteration is timed inside ``nca.fit_couplings`` itself (through its
 callback), so what is measured is exactly the loop the experiment runs.
@@ -43,32 +43,36 @@ import numpy
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from nca_np import backend, nca  # noqa: E402
-from nca_np.models import build_model  # noqa: E402
+from nca_np.models import MODEL_KINDS, build_model  # noqa: E402
 
-#: case name → (strategy, model kind whose depth the chain has)
-CASES = {
-    "student": ("student", "dae"),
-    "compositional L=2": ("compositional", "dae"),
-    "compositional L=4": ("compositional", "mss-dae"),
-}
 FULL_FIT_ITERATIONS = 600
 
 
-def matmul_shapes(strategy: str, n_layers: int, n_freq: int, n_frames: int):
-    """The matrix products of one iteration, as they are called.
+def benchmark_cases() -> dict:
+    """case name → (strategy, model kind whose depth the chain has), for
+    every registered strategy: one case when its number of unknowns does not
+    depend on the depth (e.g. "student"), else one per depth of the
+    registered kinds (e.g. "compositional L=2", "compositional L=4")."""
+    depths = {}
+    for kind in MODEL_KINDS.values():
+        depths.setdefault(kind.n_layers, kind.name)
+    cases = {}
+    for name, strategy in nca.STRATEGIES.items():
+        if len({strategy.unknowns(depth) for depth in depths}) == 1:
+            cases[name] = (name, depths[min(depths)])
+        else:
+            cases.update({f"{name} L={depth}": (name, depths[depth]) for depth in sorted(depths)})
+    return cases
 
-    Each is ``(lhs shape, transpose lhs, rhs shape, transpose rhs)``, the
-    shapes of the stored arrays. Student (Eqs. 15–16): ``C X`` and ``S Xᵀ``.
-    Compositional, per layer (paper reading): ``P Aᵀ`` (Z), ``W̃ H`` (forward
-    chain), ``U Hᵀ`` (G), ``dZ A`` (∂E/∂P), and ``W̃ᵀ U`` below the top layer
-    (backward chain).
-    """
-    F, T = n_freq, n_frames
-    if strategy == "student":
-        return [((F, F), False, (F, T), False), ((F, T), False, (F, T), True)]
-    per_layer = [((F, F), False, (F, F), True), ((F, F), False, (F, T), False),
-                 ((F, T), False, (F, T), True), ((F, F), False, (F, F), False)]
-    return per_layer * n_layers + [((F, F), True, (F, T), False)] * (n_layers - 1)
+
+CASES = benchmark_cases()
+
+
+def matmul_shapes(strategy: str, n_layers: int, n_freq: int, n_frames: int):
+    """The matrix products of one iteration, as the strategy declares them
+    (:attr:`nca_np.nca.Strategy.products`): ``(lhs shape, transpose lhs,
+    rhs shape, transpose rhs)`` each, the shapes of the stored arrays."""
+    return nca.get_strategy(strategy).products(n_layers, n_freq, n_frames)
 
 
 def bound_operands(shapes, module, dtype):

@@ -3,10 +3,10 @@
 Checks, each against central differences (nca_np.gradcheck):
 
 - every forward/backward pair of nca_np.layers on its own;
-- every parameter of the three models (DAE, MSS-DAE, SF), alone and as a stack of runs;
-- the student gradient dC (Eq. 16);
-- the compositional gradients dP_l for both readings of Eqs. 18–19, for
-  chains of 2 and 4 layers (Eqs. 20–21 and their general form);
+- every parameter of every registered model kind, alone and as a stack of runs;
+- every registered NCA strategy's gradients at its own check points: the
+  student's dC (Eq. 16); the compositional dP_l for both readings of
+  Eqs. 18–19, for chains of 2 and 4 layers (Eqs. 20–21 and their general form);
 
 and the fast NCA gradients against the equations as written
 (nca_np.nca_textbook: Eq. 16, Eqs. 20–21), which agree to rounding.
@@ -65,10 +65,9 @@ def all_checks():
                  for name, error in gradcheck.check_model_gradients(kind, module=module)]
         rows += [error_row(f"model {name}", error, gradcheck.THRESHOLD)
                  for name, error in gradcheck.check_stacked_gradients(kind, module=module)]
-    rows += nca_rows(gradcheck.check_student_gradient(module=module))
-    for composition in nca.COMPOSITIONS:
-        for depth in (2, 4):
-            rows += nca_rows(gradcheck.check_compositional_gradients(depth, composition, module=module))
+    for strategy in nca.strategy_names():
+        for check in gradcheck.check_strategy_gradients(strategy, module=module):
+            rows += nca_rows(check)
     rows += textbook_rows("student vs textbook", gradcheck.compare_student_with_textbook(module=module))
     for composition in nca.COMPOSITIONS:
         rows += textbook_rows(f"compositional {composition} L=2 vs textbook",

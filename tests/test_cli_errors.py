@@ -89,3 +89,19 @@ def test_no_dataset_at_all_says_where_to_get_one(tmp_path):
     result = subprocess.run([sys.executable, "-m", "nca_np", "prepare", "--workdir", str(tmp_path), "--quiet"],
                             capture_output=True, text=True, env=dict(env, PYTHONPATH=str(REPO)), timeout=120)
     assert_one_clear_line(result, "MUSDB_PATH", "make demo", workdir=tmp_path)
+
+
+def test_a_missing_audio_library_says_how_to_install_it(tmp_path):
+    """Without soundfile (the audio extra), building the synthetic corpus
+    stops with one line naming the extra and how to install it."""
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "soundfile.py").write_text('raise ImportError("soundfile blocked by the test")\n')
+    env = dict(os.environ, PYTHONPATH=f"{blocked}{os.pathsep}{REPO}", NCA_NP_BACKEND="numpy")
+    command = [sys.executable, "-m", "nca_np", "prepare", "--profile", str(PROFILE), "--workdir",
+               str(tmp_path / "work"), "--quiet"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "soundfile is not installed" in lines[0] and "pip install 'nca_np[audio]'" in lines[0], lines[0]

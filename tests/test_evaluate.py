@@ -12,7 +12,8 @@ from nca_np import evaluate
 from nca_np.config import load_profile
 from nca_np.data import musdb_io
 from nca_np.evaluate import EvaluationUnavailable, evaluate_stage, report_inputs, score_excerpt, upmix
-from nca_np.experiment import Workspace, open_prepared_cache, prepare_stage
+from nca_np.experiment import prepare_stage
+from nca_np.workspace import Workspace, open_prepared_cache
 from nca_np.models import build_model
 from nca_np.separate import Separator
 from nca_np.train import FINAL_MODEL, save_state

@@ -12,9 +12,15 @@ from pathlib import Path
 import numpy
 import pytest
 
+from nca_np.config import load_profile
+from nca_np.experiment import training_cost
+from nca_np.report import display_name
+from nca_np.workspace import Shard, training_units
+
 REPO = Path(__file__).resolve().parent.parent
 PROFILE = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
-KINDS = ["DAE", "MSS-DAE", "SF"]
+#: The models of the tiny profile, as the tables name them.
+KINDS = [display_name(kind) for kind in load_profile(str(PROFILE))["train"]["kinds"]]
 TABLE_FILES = ["tables.json", "table1_tod_r.csv", "table2_snr_model.csv", "table3_snr_true.csv",
                "exact_references.csv", "nca_convergence.csv"]
 
@@ -226,7 +232,6 @@ def test_stages_after_prepare_need_neither_musdb_nor_soundfile(reference, tmp_pa
 
 
 def test_profile_names_are_not_confused_with_folders(tmp_path, monkeypatch):
-    from nca_np.config import load_profile
     (tmp_path / "demo").mkdir()  # a folder named like a profile, e.g. a work folder
     monkeypatch.chdir(tmp_path)
     assert load_profile("demo")["profile"]["name"] == "demo"
@@ -236,7 +241,6 @@ def test_shards_balance_training_runs_by_cost():
     """Ten runs of each model over eight shards: an MSS-DAE run costs twice a
     DAE run, and every shard gets the same total cost; every run is in
     exactly one shard."""
-    from nca_np.experiment import Shard, training_cost, training_units
     config = {"train": {"kinds": ["dae", "mss-dae", "sf"], "runs": 10}}
     units = training_units(config)
     shards = [Shard(i, 8).select(units, cost=training_cost) for i in range(8)]

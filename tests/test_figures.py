@@ -1,4 +1,4 @@
-"""Tests of the figures (nca_np.figures): the array functions against hand
+"""Tests of the figures (nca_np.report.figures): the array functions against hand
 computation, and the four PNGs, with every piece present and with pieces
 missing (a strategy not run, a model without a matrix or a history)."""
 
@@ -9,11 +9,13 @@ import math
 import numpy
 import pytest
 
-from nca_np import figures
+from nca_np.models import kind_names, model_kind
+from nca_np.nca import get_strategy, strategy_names
+from nca_np.report import figures
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-MODELS = {"dae": "DAE", "mss-dae": "MSS-DAE", "sf": "SF"}
-STRATEGIES = ["student", "compositional"]
+MODELS = {kind: model_kind(kind).display_name for kind in kind_names()}
+STRATEGIES = list(strategy_names())
 N_FREQ, N_FRAMES, SAMPLE_RATE, N_FFT = 16, 8, 44100, 30
 #: Small figures keep the tests fast; the layout is the same at any dpi.
 TEST_DPI = 30
@@ -70,7 +72,7 @@ def figure_inputs(strategies=STRATEGIES):
     rng = numpy.random.default_rng(0)
     entry = {"target": rng.random((N_FREQ, N_FRAMES))}
     for strategy in strategies:
-        entry[f"C_{strategy}"] = numpy.eye(N_FREQ) + 0.1 * rng.standard_normal((N_FREQ, N_FREQ))
+        entry[get_strategy(strategy).matrix_key] = numpy.eye(N_FREQ) + 0.1 * rng.standard_normal((N_FREQ, N_FREQ))
     units = [{"kind": kind, "strategies": {s: {"losses": losses(i)} for i, s in enumerate(strategies)}}
              for kind in MODELS for _ in range(3)]
     history = [{"epoch": e + 1, "loss": 1.0 / (e + 1)} for e in range(4)]
@@ -139,7 +141,7 @@ def test_no_label_touches_the_edge_of_a_figure(tmp_path):
     inputs["linear_compositions"] = {kind: 1.234e-4 * rng.standard_normal((n_freq, n_freq)) for kind in MODELS}
     for kind in MODELS:
         inputs["figure_segment"][kind] = {"target": rng.random((n_freq, N_FRAMES)),
-                                          **{f"C_{s}": 1.234e-4 * rng.standard_normal((n_freq, n_freq))
+                                          **{get_strategy(s).matrix_key: 1.234e-4 * rng.standard_normal((n_freq, n_freq))
                                              for s in STRATEGIES}}
     paths = figures.write_figures(tmp_path, dpi=figures.DPI, **inputs)
     for path in paths:

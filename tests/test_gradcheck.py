@@ -3,12 +3,21 @@ finite differences in float64 — and proof that the checker catches the
 mistakes it is there for. The NCA's checks are exercised in test_nca.py;
 here, their check points and their run on a device module."""
 
+import dataclasses
+import importlib.util
+from pathlib import Path
+
 import numpy
 import pytest
 
-from nca_np import gradcheck, layers
+from nca_np import gradcheck, layers, nca
 from nca_np.gradcheck import THRESHOLD, check_layer_pairs, check_model_gradients
 from nca_np.models import kind_names, model_kind
+
+_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "gradcheck.py"
+_spec = importlib.util.spec_from_file_location("gradcheck_script", _SCRIPT)
+gradcheck_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gradcheck_script)
 
 
 def test_layer_pairs_match_finite_differences():
@@ -113,3 +122,56 @@ def test_nca_checks_run_on_a_device_module():
     written = gradcheck.compare_with_textbook("paper", module=strict) + gradcheck.compare_student_with_textbook(
         module=strict)
     assert max(e for _, e in written) < gradcheck.TEXTBOOK_THRESHOLD
+
+
+@pytest.fixture
+def restored_strategies():
+    """The strategy registry as it was, whatever a test registers."""
+    before = dict(nca.STRATEGIES)
+    yield nca.STRATEGIES
+    nca.STRATEGIES.clear()
+    nca.STRATEGIES.update(before)
+
+
+@pytest.mark.parametrize("strategy", nca.strategy_names())
+def test_every_registered_strategy_matches_finite_differences(strategy):
+    checks = gradcheck.check_strategy_gradients(strategy)
+    assert checks, f"{strategy} declares no gradient check points"
+    for check in checks:
+        assert check.fair, check.label
+        assert [name for name, _ in check.errors] and all(name.startswith("d") for name, _ in check.errors)
+        for name, error in check.errors:
+            assert error < gradcheck.NCA_THRESHOLD, f"{check.label} {name}"
+
+
+def _sign_flipped(start):
+    """A strategy start whose gradients have the wrong sign (its loss is right)."""
+    def flipped(model, X, V, initial, composition):
+        fitting = start(model, X, V, initial, composition)
+        correct = fitting.loss_and_grads
+
+        def loss_and_grads():
+            loss, grads = correct()
+            return loss, [-grad for grad in grads]
+
+        fitting.loss_and_grads = loss_and_grads
+        return fitting
+    return flipped
+
+
+@pytest.mark.parametrize("base", nca.strategy_names())
+def test_a_registered_strategy_with_a_wrong_gradient_fails_the_check(restored_strategies, base):
+    declared = nca.get_strategy(base)
+    nca.register_strategy(dataclasses.replace(declared, name=f"{base}-flipped", start=_sign_flipped(declared.start)))
+    assert f"{base}-flipped" in nca.strategy_names()
+    checks = gradcheck.check_strategy_gradients(f"{base}-flipped")
+    assert len(checks) == len(gradcheck.check_strategy_gradients(base))
+    for check in checks:
+        assert all(error > 0.5 for _, error in check.errors), check  # a sign error gives 1
+    rows = gradcheck_script.all_checks()
+    failing = [row[0] for row in rows if not row[3]]
+    assert failing and all(what.startswith(tuple(c.label for c in checks)) for what in failing)
+
+
+def test_the_registry_is_restored_after_a_test_registers_a_strategy():
+    assert not any(name.endswith("-flipped") for name in nca.strategy_names())

@@ -19,6 +19,7 @@ import numpy
 import pytest
 
 from nca_np import backend, gradcheck, metrics, nca, nca_textbook
+from nca_np.couplings import InitialDraws
 from nca_np.gradcheck import NCA_THRESHOLD, TEXTBOOK_THRESHOLD, chain_check_point
 from nca_np.models import build_model
 
@@ -404,7 +405,6 @@ def test_the_iteration_loop_reads_nothing_back_between_checkpoints(monkeypatch):
 
 
 def test_draws_made_on_a_thread_ahead_are_the_same_numbers():
-    from nca_np.experiment import InitialDraws
     requests = [("student", 9, 2, 4), ("compositional", 9, 2, 4), ("compositional", 9, 4, 11)]
     draws = InitialDraws(requests)
     try:
@@ -467,7 +467,7 @@ def test_gradcheck_script_passes():
     assert "compositional authors-code L=2 vs textbook dP_enc (Eq. 21)" in done.stdout
 
 
-@pytest.mark.parametrize("strategy", ["student", "compositional"])
+@pytest.mark.parametrize("strategy", nca.STRATEGIES)
 def test_fit_couplings_runs_on_a_device_module(strategy):
     """No implicit host conversion anywhere in Algorithm 1 or the measures."""
     from strict_xp import strict

@@ -8,7 +8,7 @@ import pytest
 from nca_np import plan as plan_module
 from nca_np.cli import main
 from nca_np.config import load_profile
-from nca_np.experiment import Workspace
+from nca_np.workspace import Workspace
 
 PROFILE = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.toml")
 

@@ -113,7 +113,7 @@ def test_local_map_of_a_two_layer_model_is_eq_14_written_out():
     numpy.testing.assert_allclose(references.local_offset(model, x), D2 @ W2 @ D1 @ b1 + D2 @ b2, rtol=1e-13)
 
 
-@pytest.mark.parametrize("kind", ["dae", "mss-dae", "sf"])  # L = 2, 4, 2
+@pytest.mark.parametrize("kind", kind_names())
 def test_mean_local_map_is_the_mean_of_the_local_maps(kind):
     model = model_with_biases(kind, seed=4)
     X = backend.rng(6).uniform(0.0, 2.0, (F, 10))

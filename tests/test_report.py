@@ -12,11 +12,17 @@ import math
 import numpy
 import pytest
 
-from nca_np import nca_report, report
+from nca_np import report
+from nca_np.models import MODEL_KINDS, ModelKind
+from nca_np.nca import get_strategy
+from nca_np.report import diagnostics as report_diagnostics
+from nca_np.report.prose import reconstruction_text
 from nca_np.errors import UserError
 from strict_xp import strict
 
 KINDS = ["dae", "mss-dae", "sf"]
+#: What the tables call them.
+MODELS = [report.display_name(kind) for kind in KINDS]
 STRATEGIES = ["student", "compositional"]
 N_FREQ, N_FRAMES, SAMPLE_RATE, N_FFT = 16, 8, 44100, 30
 #: Small figures keep the tests fast; the layout is the same at any dpi.
@@ -87,7 +93,7 @@ def figure_inputs(strategies=STRATEGIES, n_freq=N_FREQ):
     entry = {"mixture": rng.random((n_freq, N_FRAMES)), "target": rng.random((n_freq, N_FRAMES)),
              "vocals": rng.random((n_freq, N_FRAMES))}
     for strategy in strategies:
-        entry[f"C_{strategy}"] = numpy.eye(n_freq) + 0.1 * rng.standard_normal((n_freq, n_freq))
+        entry[get_strategy(strategy).matrix_key] = numpy.eye(n_freq) + 0.1 * rng.standard_normal((n_freq, n_freq))
     segment = {kind: dict(entry) for kind in KINDS}
     segment.update(track="track 0", segment_index=1)
     return segment
@@ -153,7 +159,7 @@ def test_summarise_matches_hand_computation():
         "student", "compositional", "linear", "identity"]
     assert [c["key"] for c in summary[report.TABLE3]["columns"]] == [
         "student", "compositional", "model_output"]
-    assert [r["model"] for r in summary[report.TABLE1]["rows"]] == ["DAE", "MSS-DAE", "SF"]
+    assert [r["model"] for r in summary[report.TABLE1]["rows"]] == MODELS
     assert "ddof = 0" in summary[report.TABLE1]["std"]
     json.dumps(summary, allow_nan=False)  # strictly JSON-able
     context = report.describe_units(make_units())
@@ -252,7 +258,7 @@ def test_tables_csv_have_models_and_finite_numbers(written):
     for name, columns in expected_columns.items():
         rows = read_csv(folder / name)
         assert rows[0] == ["model"] + [f"{c}_{s}" for c in columns for s in ("mean", "std", "n")]
-        assert [r[0] for r in rows[1:]] == ["DAE", "MSS-DAE", "SF"]
+        assert [r[0] for r in rows[1:]] == MODELS
         numbers = [float(v) for r in rows[1:] for v in r[1:]]
         assert all(math.isfinite(v) for v in numbers)
     rows = read_csv(folder / "table1_tod_r.csv")
@@ -424,7 +430,7 @@ def test_diagnostics_count_converged_fits_ranks_and_spread():
     units[1]["strategies"]["student"]["tod_r_range"] = [2.0, 2.1]
     units[1]["strategies"]["student"]["spread"] = [{"init_seed": 9, "tod_r": 2.1}]
 
-    diagnostics = nca_report.diagnose(units, kinds=KINDS, strategies=STRATEGIES)
+    diagnostics = report_diagnostics.diagnose(units, kinds=KINDS, strategies=STRATEGIES)
 
     rows = {(r["kind"], r["strategy"]): r for r in diagnostics["convergence"]["rows"]}
     assert (rows["dae", "student"]["converged"], rows["dae", "student"]["fits"]) == (2, 3)
@@ -443,23 +449,23 @@ def test_diagnostics_count_converged_fits_ranks_and_spread():
 
 def test_the_note_says_what_tod_r_measures_when_fits_did_not_converge_or_are_underdetermined():
     units = make_units()
-    note = nca_report.measurement_note(nca_report.diagnose(units, kinds=KINDS, strategies=STRATEGIES), STRATEGIES)
+    note = report_diagnostics.measurement_note(report_diagnostics.diagnose(units, kinds=KINDS, strategies=STRATEGIES), STRATEGIES)
     assert "underdetermined on 9 of 9 segments (rank X = 8 < F = 16" in note
     assert "DAE 1.20 to 101.00" in note  # nearest the student's initial C, nearest the identity
     assert "converged by" not in note  # every fit converged
     assert "stop above the minimum of their own loss" in note and "DAE 0.00 against 0.10" in note
 
     units[4]["strategies"]["compositional"]["converged"] = False
-    note = nca_report.measurement_note(nca_report.diagnose(units, kinds=KINDS, strategies=STRATEGIES), STRATEGIES)
+    note = report_diagnostics.measurement_note(report_diagnostics.diagnose(units, kinds=KINDS, strategies=STRATEGIES), STRATEGIES)
     assert "17 of 18 NCA fits converged" in note and "NCA compositional 8 of 9" in note
 
     for unit in units:
         unit["references"].update(rank=N_FREQ, determined=True)
         unit["references"]["min_norm"]["relative_error"] = 0.5  # the student fits (0.1) beat least squares
         unit["strategies"]["compositional"]["converged"] = True
-    diagnostics = nca_report.diagnose(units, kinds=KINDS, strategies=STRATEGIES)
-    assert nca_report.measurement_note(diagnostics, STRATEGIES) == ""
-    assert "determined on every segment (rank X = F = 16" in nca_report.regime_sentence(diagnostics)
+    diagnostics = report_diagnostics.diagnose(units, kinds=KINDS, strategies=STRATEGIES)
+    assert report_diagnostics.measurement_note(diagnostics, STRATEGIES) == ""
+    assert "determined on every segment (rank X = F = 16" in report_diagnostics.regime_sentence(diagnostics)
 
 
 def test_report_md_opens_with_the_note_and_has_the_new_tables(written):
@@ -477,4 +483,17 @@ def test_units_without_diagnostics_are_refused_with_a_way_out():
     units = make_units()
     del units[2]["references"]
     with pytest.raises(UserError, match="has no references.*re-run the couplings stage"):
-        nca_report.diagnose(units, kinds=KINDS, strategies=STRATEGIES)
+        report_diagnostics.diagnose(units, kinds=KINDS, strategies=STRATEGIES)
+
+
+def test_captions_name_the_models_reported_from_their_registered_names(monkeypatch, written):
+    text = (written[0][0] / "report.md").read_text()
+    direct = [report.display_name(k) for k in KINDS if not MODEL_KINDS[k].masks_input]
+    masking = [report.display_name(k) for k in KINDS if MODEL_KINDS[k].masks_input]
+    assert (f"Ŷ(C) = C X for {direct[0]} and {direct[1]}, X ⊙ (C X) for {masking[0]}, whose ŷ is the masked "
+            "mixture") in text
+    assert f"the mask for {masking[0]}) of the same segment" in text
+    monkeypatch.setitem(MODEL_KINDS, "sf4", ModelKind("sf4", 4, True, "SF-4", "a deeper SF, added by a test"))
+    assert reconstruction_text(["dae", "sf", "sf4"]) == (
+        "Ŷ(C) = C X for DAE, X ⊙ (C X) for SF and SF-4, whose ŷ is the masked mixture")
+    assert reconstruction_text(["sf4"]) == "Ŷ(C) = X ⊙ (C X) for SF-4, whose ŷ is the masked mixture"

@@ -18,10 +18,10 @@ from audio_trees import track_signals
 from nca_np.cli import main
 from nca_np.config import load_profile
 from nca_np.data import musdb_io
-from nca_np.experiment import Workspace
+from nca_np.workspace import Workspace
 from nca_np.atomic import write_wavs
 from nca_np.features import Scaler, StftSettings, istft, n_frames, stft, stft_magnitude, to_mono
-from nca_np.models import build_model
+from nca_np.models import build_model, kind_names
 from nca_np.errors import UserError
 from nca_np.separate import (Options, Separator, block_plan, latest_runs, output_name, read_mixture, resolve_run,
                              separate_files, true_vocals_of)
@@ -85,7 +85,7 @@ def test_blocks_cover_every_sample_once(n_samples):
         assert blocks[0].first_frame == 0 and blocks[-1].last_frame == n_frames(n_samples, TINY) - 1
 
 
-@pytest.mark.parametrize("kind", ["dae", "mss-dae", "sf"])
+@pytest.mark.parametrize("kind", kind_names())
 def test_blocks_give_the_whole_file_result(kind):
     mixture = noise(0.4, seed=1)
     separator = Separator(build_model(kind, TINY.n_freq, seed=3, module=numpy), fitted_scaler(TINY), TINY, None)

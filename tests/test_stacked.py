@@ -9,7 +9,7 @@ import pytest
 
 from nca_np import backend, train as train_module
 from nca_np.frames import ArrayFrames, DeviceFrames
-from nca_np.models import build_model, model_kind
+from nca_np.models import build_model, kind_names, model_kind
 from nca_np.stacked import StackedAdam, StackedModel
 from nca_np.train import (
     CHECKPOINT,
@@ -58,7 +58,7 @@ def _assert_same_runs(first, second):
         assert _without_timing(meta_a["history"]) == _without_timing(meta_b["history"])
 
 
-@pytest.mark.parametrize("kind", ["dae", "mss-dae", "sf"])
+@pytest.mark.parametrize("kind", kind_names())
 def test_stacked_gradients_are_each_runs_own_gradients(kind):
     models = [build_model(kind, 6, seed=seed, dtype=numpy.float64) for seed in SEEDS]
     rng = backend.rng(4)
@@ -261,7 +261,7 @@ def _launches_of_one_step(kind, runs):
     return counting.launches, counting.transfers
 
 
-@pytest.mark.parametrize("kind", ["dae", "mss-dae", "sf"])
+@pytest.mark.parametrize("kind", kind_names())
 def test_device_launches_per_step_do_not_grow_with_the_number_of_runs(kind):
     """One gather, per layer a product and a bias+ReLU forward, two launches
     for the loss, per layer a weight product and a bias sum backward (and a
@@ -271,7 +271,7 @@ def test_device_launches_per_step_do_not_grow_with_the_number_of_runs(kind):
     assert counts[1] == counts[4] == (6 * n_layers + 2, 0), counts
 
 
-@pytest.mark.parametrize("kind", ["dae", "mss-dae", "sf"])
+@pytest.mark.parametrize("kind", kind_names())
 def test_stacked_gradients_pass_finite_differences(kind):
     from nca_np.gradcheck import THRESHOLD, check_stacked_gradients
     (name, error), = check_stacked_gradients(kind, runs=2)

@@ -3,7 +3,7 @@ import pytest
 
 from nca_np import backend
 from nca_np.frames import ArrayFrames
-from nca_np.models import build_model
+from nca_np.models import build_model, kind_names
 from nca_np.train import CHECKPOINT, FINAL_MODEL, TrainSettings, TrainingDiverged, load_model, read_state, train
 
 
@@ -27,7 +27,7 @@ def _params(run_dir):
     return [arrays[k] for k in sorted(arrays) if k.startswith("param_")]
 
 
-@pytest.mark.parametrize("kind", ["dae", "mss-dae", "sf"])
+@pytest.mark.parametrize("kind", kind_names())
 def test_training_lowers_the_loss_far_below_its_start(tmp_path, kind):
     X, Y = _data(n_freq=64)
     initial = float(build_model(kind, 64, seed=0).loss_and_grads(X, Y)[0])

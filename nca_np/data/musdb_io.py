@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy
 
+from ..audio import audio_module
 from ..errors import DataError
 from ..features import to_mono
 
@@ -250,7 +251,7 @@ def _musdb_database(root: Path, subset: str, is_wav: bool, refs=()):
     ``refs`` are probed one by one to name it.
     """
     require_ffmpeg()
-    import musdb
+    musdb = audio_module("musdb")
 
     try:
         if not is_wav and any(is_resource_file(path) for path in (root / subset).glob(f"*{STEM_SUFFIX}")):
@@ -267,7 +268,7 @@ def _database_of(database, refs):
     """``database`` (a musdb.DB listing nothing) holding the stem tracks of
     ``refs``, built as musdb builds them. musdb takes every ``*.stem.mp4``
     for a track, macOS's ``._`` resource files too, and fails probing those."""
-    import musdb
+    musdb = audio_module("musdb")
 
     setup = database.setup
     tracks = []
@@ -285,7 +286,7 @@ def _database_of(database, refs):
 
 def _first_unprobeable(refs) -> Path | None:
     """The first audio file of ``refs`` that ffprobe cannot read, if any."""
-    import stempeg
+    stempeg = audio_module("stempeg")
 
     for ref in refs:
         for path in ref.audio_files():
@@ -336,7 +337,7 @@ def list_tracks(root, subset: str, *, is_wav: bool, through_musdb: bool | None =
 
 def _read_wav(path: Path) -> tuple[numpy.ndarray, int]:
     """``(n,)`` float32 mono samples and the sample rate of one wav file."""
-    import soundfile
+    soundfile = audio_module("soundfile")
 
     try:
         audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
@@ -436,7 +437,7 @@ def track_seconds(ref: TrackRef) -> float:
         DataError: the header cannot be read.
     """
     if ref.is_wav:
-        import soundfile
+        soundfile = audio_module("soundfile")
 
         path = ref.path / WAV_FILES[0]
         try:
@@ -446,7 +447,7 @@ def track_seconds(ref: TrackRef) -> float:
         return info.frames / info.samplerate
     if ref.handle is not None and getattr(ref.handle, "duration", None) is not None:
         return float(ref.handle.duration)
-    import stempeg
+    stempeg = audio_module("stempeg")
 
     try:
         return float(stempeg.Info(str(ref.path)).duration(0))
@@ -487,7 +488,7 @@ def read_stem_mixture(path) -> tuple[numpy.ndarray, int]:
         DataError: ffmpeg missing, or a file ffmpeg cannot decode.
     """
     require_ffmpeg()
-    import stempeg
+    stempeg = audio_module("stempeg")
 
     try:
         audio, rate = stempeg.read_stems(str(path), stem_id=0, ffmpeg_format="s16le")
@@ -523,7 +524,7 @@ def _accompaniment(parts: list) -> numpy.ndarray:
 
 
 def _read_wav_span(path: Path, start: int, stop: int) -> numpy.ndarray:
-    import soundfile
+    soundfile = audio_module("soundfile")
 
     try:
         audio, _ = soundfile.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
@@ -533,7 +534,7 @@ def _read_wav_span(path: Path, start: int, stop: int) -> numpy.ndarray:
 
 
 def _wav_excerpt(ref: TrackRef, start: int, stop: int) -> tuple[dict, int]:
-    import soundfile
+    soundfile = audio_module("soundfile")
 
     rate = int(soundfile.info(str(ref.path / "mixture.wav")).samplerate)
     signals = {name: _read_wav_span(ref.path / f"{name}.wav", start, stop) for name in ("mixture",) + SOURCES}

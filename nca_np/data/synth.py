@@ -35,10 +35,10 @@ from pathlib import Path
 
 import numpy
 import scipy.signal
-import soundfile
 
 from .. import backend
 from ..atomic import atomic_open, is_stale_temporary
+from ..audio import audio_module
 from ..errors import ConfigError
 
 STEMS = ("vocals", "drums", "bass", "other")
@@ -138,7 +138,7 @@ def _is_complete(folder: Path, n_samples: int, sample_rate: int) -> bool:
         if not path.is_file():
             return False
         try:
-            info = soundfile.info(str(path))
+            info = audio_module("soundfile").info(str(path))
         except RuntimeError:
             return False
         if (info.frames, info.samplerate, info.channels) != (n_samples, sample_rate, 2):
@@ -165,7 +165,7 @@ def _write_wav(path: Path, samples: numpy.ndarray, sample_rate: int) -> None:
     # Encoded in memory first: soundfile swallows the OSError of a failed
     # write into a file object (a full disk) and fails with an assertion.
     encoded = io.BytesIO()
-    soundfile.write(encoded, samples, sample_rate, subtype="PCM_16", format="WAV")
+    audio_module("soundfile").write(encoded, samples, sample_rate, subtype="PCM_16", format="WAV")
     with atomic_open(path, "wb") as stream:
         stream.write(encoded.getbuffer())
 

@@ -28,9 +28,9 @@ import math
 
 import numpy
 
-from .errors import UserError
-from .models import MODEL_KINDS
-from .nca import CONVERGENCE_WINDOW, get_strategy
+from ..errors import UserError
+from ..nca import CONVERGENCE_WINDOW, get_strategy
+from .tables import display_name
 
 REFERENCES_CSV = "exact_references.csv"
 CONVERGENCE_CSV = "nca_convergence.csv"
@@ -39,11 +39,6 @@ DIAGNOSTICS_JSON = "nca_diagnostics.json"
 
 class DiagnosticsError(UserError, ValueError):
     """Units without the diagnostics this report needs."""
-
-
-def _display(kind: str) -> str:
-    spec = MODEL_KINDS.get(kind)
-    return spec.display_name if spec is not None else kind
 
 
 def _get(unit: dict, path: tuple):
@@ -135,7 +130,7 @@ def _convergence_table(by_kind: dict, kinds, strategies) -> dict:
             def values(key, strategy=strategy):
                 return [_get(u, ("strategies", strategy, key)) for u in units]
             rows.append({
-                "kind": kind, "model": _display(kind), "strategy": strategy,
+                "kind": kind, "model": display_name(kind), "strategy": strategy,
                 "label": get_strategy(strategy).label, "fits": len(units),
                 "converged": sum(bool(v) for v in values("converged")),
                 "relative_error": _stats(values("relative_error")),
@@ -216,7 +211,7 @@ def _markdown(header, rows) -> str:
 
 def references_markdown(diagnostics: dict) -> str:
     table = diagnostics["exact_references"]
-    header = ["Couplings C"] + [f"{_display(k)} {what}" for k in table["kinds"] for what in ("TOD-R", "SNR (dB)")]
+    header = ["Couplings C"] + [f"{display_name(k)} {what}" for k in table["kinds"] for what in ("TOD-R", "SNR (dB)")]
     rows = [[row["label"]] + [_mean_std(row["cells"][k][what]) for k in table["kinds"]
                               for what in ("tod_r", "snr_model_db")]
             for row in table["rows"]]
@@ -275,7 +270,7 @@ def references_csv(diagnostics: dict) -> str:
         for kind, cell in row["cells"].items():
             tod, snr = cell["tod_r"], cell["snr_model_db"]
             tod_mean = "inf" if tod["all_inf"] else _csv_number(tod["mean"])
-            rows.append([row["key"], _display(kind), tod_mean, _csv_number(tod["std"]), tod["n"],
+            rows.append([row["key"], display_name(kind), tod_mean, _csv_number(tod["std"]), tod["n"],
                          _csv_number(snr["mean"]), _csv_number(snr["std"]), snr["n"]])
     return _csv(["couplings", "model", "tod_r_mean", "tod_r_std", "tod_r_n", "snr_model_db_mean",
                  "snr_model_db_std", "snr_model_db_n"], rows)
@@ -300,7 +295,7 @@ def _row(diagnostics: dict, key: str) -> dict:
 def _per_model(diagnostics: dict, key: str, what: str = "tod_r") -> str:
     """'DAE 4.10, MSS-DAE 4.31, SF 1.40': a reference row's means per model."""
     cells = _row(diagnostics, key)["cells"]
-    return ", ".join(f"{_display(k)} {_mean_std_short(cells[k][what])}" for k in cells)
+    return ", ".join(f"{display_name(k)} {_mean_std_short(cells[k][what])}" for k in cells)
 
 
 def _mean_std_short(stats: dict) -> str:
@@ -326,16 +321,33 @@ def regime_sentence(diagnostics: dict) -> str:
 def _range_per_model(diagnostics: dict, low_key: str, high_key: str) -> str:
     """'DAE 1.31 to 150.20, SF …': two reference rows' mean TOD-R per model."""
     low, high = _row(diagnostics, low_key)["cells"], _row(diagnostics, high_key)["cells"]
-    return ", ".join(f"{_display(k)} {_mean_std_short(low[k]['tod_r'])} to {_mean_std_short(high[k]['tod_r'])}"
+    return ", ".join(f"{display_name(k)} {_mean_std_short(low[k]['tod_r'])} to {_mean_std_short(high[k]['tod_r'])}"
                      for k in low)
 
 
-def _student_above_least_squares(rows) -> list:
-    """The student rows whose median error exceeds that of V X⁺: fits
-    short of the minimum of their own loss (V X⁺ is a C they can reach)."""
-    return [r for r in rows if r["strategy"] == "student" and r["relative_error"]["median"] is not None
+def _free_above_least_squares(rows) -> list:
+    """The rows of free strategies (C unconstrained, :attr:`nca_np.nca.Strategy.free`)
+    whose median error exceeds that of V X⁺: fits short of the minimum of
+    their own loss (V X⁺ is a C they can reach)."""
+    return [r for r in rows if get_strategy(r["strategy"]).free and r["relative_error"]["median"] is not None
             and r["least_squares_error"]["median"] is not None
             and r["relative_error"]["median"] > r["least_squares_error"]["median"]]
+
+
+def _unconverged_text(diagnostics: dict, strategies, converged: int, fits: int) -> str:
+    """How many fits converged, per strategy, and what that means for TOD-R."""
+    rows = diagnostics["convergence"]["rows"]
+    window = 100 * diagnostics["convergence"]["window"]
+    per_strategy = "; ".join(
+        f"{get_strategy(s).label} {sum(r['converged'] for r in rows if r['strategy'] == s)} of "
+        f"{sum(r['fits'] for r in rows if r['strategy'] == s)} (median relative error "
+        + ", ".join(f"{r['model']} {_fmt(r['relative_error']['median'], 2)}" for r in rows if r["strategy"] == s)
+        + ")" for s in strategies)
+    return (f"{converged} of {fits} NCA fits converged by this project's rule (their loss changed by less than "
+            f"{100 * diagnostics['tolerance']:g} % over the last {window:g} % of their iterations, "
+            f"docs/method.md#convergence): {per_strategy}; the relative error ‖V − C X‖₁ / ‖V‖₁ is 1 for C = 0. "
+            "The TOD-R of a fit that has not converged is a snapshot of a matrix that was still changing, "
+            "not yet a property of the model.")
 
 
 def measurement_note(diagnostics: dict, strategies) -> str:
@@ -348,27 +360,17 @@ def measurement_note(diagnostics: dict, strategies) -> str:
     converged = sum(r["converged"] for r in rows)
     regime = diagnostics["regime"]
     underdetermined = regime["determined"] < regime["segments"]
-    above = _student_above_least_squares(rows)
+    above = _free_above_least_squares(rows)
     if converged == fits and not underdetermined and not above:
         return ""
     parts = ["**What the TOD-R column measures here.**"]
     if converged < fits:
-        window = 100 * diagnostics["convergence"]["window"]
-        per_strategy = "; ".join(
-            f"{get_strategy(s).label} {sum(r['converged'] for r in rows if r['strategy'] == s)} of "
-            f"{sum(r['fits'] for r in rows if r['strategy'] == s)} (median relative error "
-            + ", ".join(f"{r['model']} {_fmt(r['relative_error']['median'], 2)}" for r in rows if r["strategy"] == s)
-            + ")" for s in strategies)
-        parts.append(
-            f"{converged} of {fits} NCA fits converged by this project's rule (their loss changed by less than "
-            f"{100 * diagnostics['tolerance']:g} % over the last {window:g} % of their iterations, "
-            f"docs/method.md#convergence): {per_strategy}; the relative error ‖V − C X‖₁ / ‖V‖₁ is 1 for C = 0. "
-            "The TOD-R of a fit that has not converged is a snapshot of a matrix that was still changing, "
-            "not yet a property of the model.")
+        parts.append(_unconverged_text(diagnostics, strategies, converged, fits))
     if above:
+        who = " and ".join(dict.fromkeys(r["strategy"] for r in above))
         parts.append(
-            "The student's fits stop above the minimum of their own loss: the least-squares couplings V X⁺, "
-            "a C the student can reach, have the smaller median relative error ("
+            f"The {who}'s fits stop above the minimum of their own loss: the least-squares couplings V X⁺, "
+            f"a C the {who} can reach, have the smaller median relative error ("
             + ", ".join(f"{r['model']} {_fmt(r['least_squares_error']['median'], 2)} against "
                         f"{_fmt(r['relative_error']['median'], 2)}" for r in above) + ").")
     if underdetermined:
@@ -390,7 +392,7 @@ def references_caption(diagnostics: dict) -> str:
     strides = regime["strides"]
     frames = ("every frame of the segment" if strides == [1] else
               f"every {', '.join(str(s) for s in strides)}-th frame of the segment (nca.local_map_stride)")
-    offsets = ", ".join(f"{_display(k)} {_percent(s['median'])}" for k, s in regime["offset_share"].items())
+    offsets = ", ".join(f"{display_name(k)} {_percent(s['median'])}" for k, s in regime["offset_share"].items())
     return (
         "TOD-R (Eq. 22) and SNR(ŷ, Ŷ(C)) in dB, mean (std) over segments, of matrices known in closed form "
         "beside the NCA's fits (docs/method.md#exact-references). *Least squares*: C0 + (V − C0 X) X⁺, the "

@@ -29,9 +29,10 @@ import numpy
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
-from . import metrics
-from .models import model_kind
-from .atomic import atomic_open
+from .. import metrics
+from ..models import model_kind
+from ..nca import get_strategy
+from ..atomic import atomic_open
 
 FIGURE_FILES = {
     "figure2": "figure2_linear_compositions.png",
@@ -353,7 +354,8 @@ def couplings_figure(figure_segment: dict, models: dict, strategies, *, sample_r
         entry = figure_segment.get(kind, {})
         pairs = grid[:, 2 * column:2 * column + 2]  # (strategies + 1, 2) axes
         for axes, strategy in zip(pairs, strategies):
-            _couplings_pair(figure, axes, entry.get(f"C_{strategy}"), name, strategy, sample_rate, n_fft)
+            _couplings_pair(figure, axes, entry.get(get_strategy(strategy).matrix_key), name, strategy,
+                            sample_rate, n_fft)
         _target_pair(figure, pairs[-1], entry.get("target"), kind, name, sample_rate, n_fft, hop)
     track = figure_segment.get("track", "?")
     index = figure_segment.get("segment_index", "?")

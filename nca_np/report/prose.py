@@ -1,0 +1,320 @@
+"""The text of report.md: captions, the paragraph on what was run, the
+training and cost tables, the metadata list (deterministic: a function of
+its inputs, so the same results give byte-identical text)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from .. import metrics
+from ..models import model_kind
+from . import diagnostics as nca_diagnostics
+from .figures import CLIP_PERCENTILE, FIGURE_FILES, ZOOM_CLIP_PERCENTILE, ZOOM_HZ, zoom_bins
+from .separation import separation_section
+from .tables import (CSV_FILES, DECIMALS, STD_NOTE, TABLE1, TABLE2, TABLE3, cell_statistics, describe_units,
+                     display_name, format_cell, markdown, markdown_table, number, strategy_label)
+
+COMPOSITION_READINGS = {
+    "paper": "Couplings composed with the paper's reading (W ⊕ b = W + b1ᵀ, Z = P(W ⊕ b)ᵀ)",
+    "authors-code": "Couplings composed with the authors'-code reading (M = W + 1bᵀ, Z = M Pᵀ)",
+}
+
+#: Said under Tables 2 and 3: where the SNRs are measured.
+SNR_DOMAIN = (" SNRs are computed over the whole F×T segment on the models' features: magnitudes with "
+              "each frequency band divided by its standard deviation over the training mixtures.")
+TABLE_CAPTIONS = {
+    TABLE1: ("Trace-to-off-diagonal ratio of the couplings matrices C fitted by the NCA, mean (std) over "
+             "segments. Large values: the activity sits on the main diagonal, i.e. scalar filtering "
+             "(mask-like); small values: activity off the diagonal, i.e. inter-frequency structure. "
+             "A structureless random matrix scores about 1. Bold: the smallest value per strategy."),
+    TABLE2: ("How well Ŷ(C) reproduces the model's own output ŷ ({reconstruction}), mean (std) over "
+             "segments; higher is a more faithful approximation. Baselines: the linear composition of the "
+             "weights (Eqs. 11–13, biases neglected) and the identity C = I (the mixture itself)." + SNR_DOMAIN),
+    TABLE3: ("SNR between the true vocals and Ŷ(C) for each NCA strategy, and between the true vocals "
+             "and the model's own output ŷ, mean (std) over segments: how much separation quality the "
+             "approximation keeps or loses." + SNR_DOMAIN),
+}
+
+
+def listed(names) -> str:
+    """'DAE', 'DAE and SF', 'DAE, MSS-DAE and SF'."""
+    names = list(names)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _masking(kinds) -> list[str]:
+    """The display names of the kinds whose decoder output is a mask on the input."""
+    return [display_name(k) for k in kinds if model_kind(k).masks_input]
+
+
+def reconstruction_text(kinds) -> str:
+    """How Ŷ(C) is formed for each of ``kinds`` (docs/method.md#measures), e.g.
+    'Ŷ(C) = C X for DAE and MSS-DAE, X ⊙ (C X) for SF, whose ŷ is the masked mixture'."""
+    direct = [display_name(k) for k in kinds if not model_kind(k).masks_input]
+    parts = [f"C X for {listed(direct)}"] if direct else []
+    if _masking(kinds):
+        parts.append(f"X ⊙ (C X) for {listed(_masking(kinds))}, whose ŷ is the masked mixture")
+    return "Ŷ(C) = " + ", ".join(parts)
+
+
+def table_caption(table: str, kinds) -> str:
+    """The caption under a table, naming the models reported."""
+    return TABLE_CAPTIONS[table].format(reconstruction=reconstruction_text(kinds))
+
+
+def _lookup(metadata: dict, *paths):
+    """The first of the dotted ``paths`` that holds a plain value (text or
+    number) in ``metadata``, or None."""
+    for path in paths:
+        value = metadata
+        for key in path.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return value
+    return None
+
+
+#: report.md lists metadata dicts of at most this many entries one by one
+#: and cuts values at this many characters; metadata.json has everything.
+METADATA_MAX_ENTRIES = 24
+METADATA_MAX_CHARS = 160
+
+
+def _flatten(value, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, compact JSON text) of every leaf of a nested dict; a
+    dict with many entries (e.g. one per segment) becomes one summary row."""
+    if isinstance(value, dict) and len(value) > METADATA_MAX_ENTRIES and prefix:
+        return [(prefix, f"{len(value)} entries (see metadata.json)")]
+    if isinstance(value, dict) and value:
+        items = []
+        for key in sorted(value, key=str):
+            items += _flatten(value[key], f"{prefix}.{key}" if prefix else str(key))
+        return items
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, ensure_ascii=False)
+    if len(text) > METADATA_MAX_CHARS:
+        text = text[:METADATA_MAX_CHARS - 1] + "…"
+    return [(prefix, text)]
+
+
+def _escape(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _count(n: int, noun: str) -> str:
+    """'1 segment', '3 segments'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _training_text(histories: dict, kinds) -> str:
+    """'each trained 10 times …', or the count per model when they differ."""
+    counts = {kind: len(histories.get(kind, [])) for kind in kinds}
+    shared = "the runs of a model sharing one shuffled batch order per epoch"
+    if len(set(counts.values())) == 1:
+        count = counts[kinds[0]]
+        if count == 1:
+            return "each trained once from a random initialisation"
+        return f"each trained {count} times from different random initialisations, {shared}"
+    per_model = ", ".join(f"{display_name(k)} {_count(n, 'run')}" for k, n in counts.items())
+    return f"trained from different random initialisations ({per_model}), {shared}"
+
+
+def _data_text(metadata: dict) -> str | None:
+    """'Data: root …; test excerpts from …. Command-line overrides: …', from
+    ``metadata["data"]`` and ``metadata["overrides"]`` (None when neither is there)."""
+    data, overrides = metadata.get("data"), metadata.get("overrides")
+    parts = []
+    if isinstance(data, dict):
+        parts.append(f"Data from `{_escape(data.get('root') or 'an unrecorded folder')}`; test excerpts from "
+                     f"{_escape(data.get('cut_list') or 'an unrecorded cut list')}.")
+    if overrides is not None:
+        listed = ", ".join(f"`{_escape(item)}`" for item in overrides)
+        parts.append(f"Command-line overrides of the profile: {listed or 'none'}.")
+    return " ".join(parts) or None
+
+
+def _run_paragraph(context: dict, kinds, strategies, histories, metadata, n_freq, sample_rate, n_fft) -> str:
+    profile = _lookup(metadata, "profile", "profile.name", "profile_name", "config.profile.name",
+                      "configuration.profile.name")
+    corpus = _lookup(metadata, "corpus", "config.data.corpus", "configuration.data.corpus")
+    parts = [
+        f"Profile **{profile or 'not recorded'}** on the **{corpus or 'not recorded'}** corpus.",
+        f"Models {', '.join(display_name(k) for k in kinds)}, {_training_text(histories, kinds)}.",
+        f"Neural couplings ({', '.join(strategies)}) fitted on {_count(context['n_segments'], 'segment')} "
+        f"of T = {context['frames']} frames from {_count(context['n_tracks'], 'test track')}; "
+        + ("for each segment and model one trained run, drawn at random." if _runs_per_model(histories) != 1
+           else "each model through its one trained run."),
+    ]
+    data_text = _data_text(metadata)
+    if data_text:
+        parts.append(data_text)
+    if n_freq:
+        parts.append(f"F = {n_freq} frequency bins, {sample_rate / n_fft:.2f} Hz apart "
+                     f"(sample rate {sample_rate} Hz, FFT size {n_fft}).")
+    parts.append(f"Configuration hash `{context['config_hash']}`, code version "
+                 f"`{', '.join(context['code_versions'])}`.")
+    return " ".join(parts)
+
+
+def _training_table(histories: dict, kinds) -> str:
+    """Per model: runs, epochs, best training loss, training time."""
+    header = ["Model", "runs", "epochs (min–max)", "best training loss, mean (std)",
+              "training time (s, all runs)"]
+    rows = []
+    for kind in kinds:
+        runs = histories.get(kind, [])
+        epochs = [len(run) for run in runs]
+        best = cell_statistics(_best_loss(run) for run in runs)
+        seconds = sum(number(r.get("seconds"), "history seconds") for run in runs for r in run
+                      if r.get("seconds") is not None)
+        span = f"{min(epochs)}–{max(epochs)}" if epochs else "–"
+        rows.append([display_name(kind), str(len(runs)), span, format_cell(best, 6), f"{seconds:.1f}"])
+    return markdown(header, rows)
+
+
+def _best_loss(run) -> float:
+    losses = [number(r.get("loss"), "history loss") for r in run]
+    finite = [v for v in losses if math.isfinite(v)]
+    return min(finite) if finite else math.nan
+
+
+def _nca_time_table(units, kinds, strategies) -> str:
+    """Per model and strategy: seconds of NCA per segment."""
+    header = ["Model"] + [f"{strategy_label(s)}: s per segment, mean (std)" for s in strategies]
+    rows = []
+    for kind in kinds:
+        of_kind = [u for u in units if u["kind"] == kind]
+        rows.append([display_name(kind)] + [
+            format_cell(cell_statistics(u["strategies"][s].get("seconds") for u in of_kind), 2)
+            for s in strategies])
+    return markdown(header, rows)
+
+
+def _linear_tod_r_text(linear_compositions: dict, kinds) -> str:
+    values = [f"{display_name(k)} {metrics.tod_r(linear_compositions[k]):.2f}"
+              for k in kinds if k in linear_compositions]
+    return f" TOD-R of these matrices: {', '.join(values)}." if values else ""
+
+
+def _zoom_text(n_freq, sample_rate, n_fft) -> str:
+    if not n_freq:
+        return f"{ZOOM_HZ / 1000:g} kHz"
+    return f"{(zoom_bins(n_freq, sample_rate, n_fft) - 1) * sample_rate / n_fft / 1000:.2g} kHz"
+
+
+def _runs_per_model(histories: dict) -> int | None:
+    """The number of runs of every model, or None when it differs."""
+    counts = {len(runs) for runs in (histories or {}).values()}
+    return counts.pop() if len(counts) == 1 else None
+
+
+def _figure_section(linear_compositions: dict, figure_segment, kinds, strategies, zoom: str,
+                    histories=None) -> list[str]:
+    """Captions and links of the figures (``zoom``: where Figure 3's
+    zoom ends, as text)."""
+    track = figure_segment.get("track", "?") if figure_segment else "?"
+    index = figure_segment.get("segment_index", "?") if figure_segment else "?"
+    runs = "of its one training run" if _runs_per_model(histories) == 1 else "averaged over the training runs"
+    return [
+        ("**Figure 2.** The linear composition of each model's weights (Eqs. 11–13), "
+         f"{runs}; colour scale clipped at the {CLIP_PERCENTILE:g}th percentile of |values|."
+         f"{_linear_tod_r_text(linear_compositions, kinds)}\n"),
+        f"![Figure 2: linear compositions]({FIGURE_FILES['figure2']})\n",
+        (f"**Figure 3.** Couplings matrices of track {_escape(track)}, segment {index}: one row per NCA "
+         f"strategy ({', '.join(strategies)}), per model the full matrix and a zoom on the bins up to "
+         f"{zoom} (colours clipped at the {CLIP_PERCENTILE:g}th and "
+         f"{ZOOM_CLIP_PERCENTILE:g}th percentiles of |values|, so the zoom shows the weaker structure "
+         "beside the diagonal); the last row shows the target V (the model's decoder output"
+         f"{', the mask for ' + listed(_masking(kinds)) if _masking(kinds) else ''}) of the same segment in dB, "
+         "over all bins and over the zoomed bins.\n"),
+        f"![Figure 3: couplings of one segment]({FIGURE_FILES['figure3']})\n",
+        ("**Training loss** per epoch of every run (thin) and, per epoch, the mean over the runs still "
+         "training then (thick), log scale.\n" if _runs_per_model(histories) != 1 else
+         "**Training loss** per epoch of each model's one run, log scale.\n"),
+        f"![Training loss]({FIGURE_FILES['training']})\n",
+        "**NCA convergence**: the L1 error E (Eq. 15) per iteration, median and inter-quartile band over "
+        "segments, log scale.\n",
+        f"![NCA convergence]({FIGURE_FILES['convergence']})\n",
+        "**NCA trajectories**: TOD-R (top) and relative error ‖V − C X‖₁ / ‖V‖₁ (bottom) of each fit's C at "
+        "its checkpoints, one line per segment; the horizontal lines are the median TOD-R of the minimum-norm "
+        "couplings V X⁺ (dashed) and of the mean local map (dotted), log scales.\n",
+        f"![NCA trajectories]({FIGURE_FILES['trajectories']})\n",
+    ]
+
+
+def render_report(tables: dict, *, units, kinds, strategies, histories, linear_compositions, figure_segment,
+                  sample_rate, n_fft, metadata, n_freq, separation=None, diagnostics=None) -> str:
+    """The text of report.md (deterministic: a function of its arguments).
+
+    Args:
+        tables: the :func:`~nca_np.report.tables.summarise` dict of the same units.
+        n_freq: F, or None when no matrix was given.
+        separation: None (no separation section), or ``(table, units,
+            note)``: the :func:`~nca_np.report.separation.summarise_separation`
+            table (None when left out), its units, and the note saying why
+            it was left out.
+        diagnostics: :func:`nca_np.report.diagnostics.diagnose` of the same
+            units (computed here when None).
+        The others: as for :func:`nca_np.report.write.write_report`.
+    """
+    diagnostics = diagnostics or nca_diagnostics.diagnose(units, kinds=kinds, strategies=strategies)
+    sections = _opening(units, kinds, strategies, histories, metadata, n_freq, sample_rate, n_fft, diagnostics)
+    sections += _table_sections(tables, kinds)
+    sections += _diagnostics_sections(diagnostics)
+    if separation is not None:
+        sections += separation_section(*separation)
+    zoom = _zoom_text(n_freq, sample_rate, n_fft)
+    sections.append("## Figures\n")
+    sections += _figure_section(linear_compositions, figure_segment, kinds, strategies, zoom, histories)
+    sections += [
+        "## Training runs\n",
+        _training_table(histories, kinds),
+        "## NCA cost\n",
+        _nca_time_table(units, kinds, strategies),
+        "## Metadata\n",
+        "All of it in [metadata.json](metadata.json).\n",
+        markdown(["Key", "Value"], ([_escape(k), _escape(v)] for k, v in _flatten(metadata))),
+    ]
+    return "\n".join(sections)
+
+
+def _opening(units, kinds, strategies, histories, metadata, n_freq, sample_rate, n_fft, diagnostics) -> list[str]:
+    """The title, the note on what TOD-R measures (if any), the reading of
+    Eqs. 18–19 and the paragraph on what was run."""
+    context = describe_units(units)
+    reading = COMPOSITION_READINGS.get(context["composition"],
+                                       f"Couplings composed with the reading {context['composition']!r}")
+    note = nca_diagnostics.measurement_note(diagnostics, strategies)
+    return [
+        "# Mapping functions of denoising autoencoders: reproduction report\n",
+        *([note + "\n"] if note else []),
+        f"> **{reading}.**\n",
+        _run_paragraph(context, kinds, strategies, histories, metadata, n_freq, sample_rate, n_fft) + " "
+        + nca_diagnostics.regime_sentence(diagnostics) + "\n",
+        f"Each cell is the mean (std) over segments; std is the {STD_NOTE}. The column n counts the "
+        "segments per model; values left out of a cell (inf, nan) are named in it.\n",
+    ]
+
+
+def _table_sections(tables: dict, kinds) -> list[str]:
+    """Tables 1–3, each with its title, caption and links."""
+    sections = []
+    for table in (TABLE1, TABLE2, TABLE3):
+        sections += [f"## {tables[table]['title']}\n", table_caption(table, kinds) + "\n",
+                     markdown_table(tables[table], DECIMALS[table], bold_smallest=table == TABLE1),
+                     f"CSV: [{CSV_FILES[table]}]({CSV_FILES[table]}); "
+                     "all numbers: [tables.json](tables.json).\n"]
+    return sections
+
+
+def _diagnostics_sections(diagnostics: dict) -> list[str]:
+    """The exact references and the convergence of the NCA (:mod:`nca_np.report.diagnostics`)."""
+    return [
+        "## Exact references\n", nca_diagnostics.references_caption(diagnostics) + "\n",
+        nca_diagnostics.references_markdown(diagnostics),
+        f"CSV: [{nca_diagnostics.REFERENCES_CSV}]({nca_diagnostics.REFERENCES_CSV}); all numbers: "
+        f"[{nca_diagnostics.DIAGNOSTICS_JSON}]({nca_diagnostics.DIAGNOSTICS_JSON}).\n",
+        "## Convergence of the NCA\n", nca_diagnostics.convergence_caption(diagnostics) + "\n",
+        nca_diagnostics.convergence_markdown(diagnostics),
+        f"CSV: [{nca_diagnostics.CONVERGENCE_CSV}]({nca_diagnostics.CONVERGENCE_CSV}).\n",
+    ]
