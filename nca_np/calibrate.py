@@ -144,11 +144,10 @@ def memory_bandwidth(module) -> float | None:
     return props["memoryClockRate"] * 1e3 * props["memoryBusWidth"] / 8 * 2
 
 
-def step_products_seconds(kind: str, *, runs: int, n_freq: int, batch: int, module, dtype=numpy.float32,
-                          budget: float = 0.3) -> float:
-    """Seconds of a stacked step's matrix products alone, as plain batched
-    products of the same shapes: per layer ``X Wᵀ``, ``δzᵀ X`` and, above
-    the first, ``δz W``."""
+def step_products(kind: str, *, runs: int, n_freq: int, batch: int, module, dtype=numpy.float32):
+    """A closure running a stacked step's matrix products alone, as plain
+    batched products of the same shapes: per layer ``X Wᵀ``, ``δzᵀ X`` and,
+    above the first, ``δz W``."""
     depth = model_kind(kind).n_layers
     x = _uniform(module, (batch, n_freq), dtype)
     a = _uniform(module, (runs, batch, n_freq), dtype, seed=2)
@@ -162,6 +161,13 @@ def step_products_seconds(kind: str, *, runs: int, n_freq: int, batch: int, modu
             batched_matmul(a, x if layer == 0 else a, transpose_a=True, out=out_w)
             if layer > 0:
                 batched_matmul(a, W, out=out_act)
+    return products
+
+
+def step_products_seconds(kind: str, *, runs: int, n_freq: int, batch: int, module, dtype=numpy.float32,
+                          budget: float = 0.3) -> float:
+    """Seconds of :func:`step_products`' call."""
+    products = step_products(kind, runs=runs, n_freq=n_freq, batch=batch, module=module, dtype=dtype)
     return seconds_per_call(products, module, budget=budget)
 
 

@@ -39,7 +39,6 @@ import numpy
 
 from nca_np import backend, calibrate
 from nca_np.calibrate import stacked_step
-from nca_np.kernels import batched_matmul
 from nca_np.models import build_model, kind_names, model_kind
 from nca_np.optim import Adam
 
@@ -81,23 +80,6 @@ def copy_bandwidth(module, *, n_bytes=256 * 2**20, repeats=5) -> float:
     dst = module.empty_like(src)
     seconds = timed(lambda: module.copyto(dst, src), repeats=repeats, module=module)
     return 2 * n_bytes / seconds
-
-
-def matmul_products(module, depth, n_freq, batch, runs):
-    """A closure running the stacked step's matrix products as plain batched products."""
-    x = module.ones((batch, n_freq), dtype=numpy.float32)
-    a = module.ones((runs, batch, n_freq), dtype=numpy.float32)
-    W = module.ones((runs, n_freq, n_freq), dtype=numpy.float32)
-    out_act = module.empty((runs, batch, n_freq), dtype=numpy.float32)
-    out_w = module.empty((runs, n_freq, n_freq), dtype=numpy.float32)
-
-    def products():
-        for layer in range(depth):
-            batched_matmul(x if layer == 0 else a, W, transpose_b=True, out=out_act)
-            batched_matmul(a, x if layer == 0 else a, transpose_a=True, out=out_w)
-            if layer > 0:
-                batched_matmul(a, W, out=out_act)
-    return products
 
 
 def model_step(kind, module, n_freq, batch, seed=0):
@@ -167,7 +149,7 @@ def main(argv=None) -> int:
         stacked = stacked_step(kind, runs=runs, n_freq=args.freq, batch=args.batch, module=module)
         single = stacked_step(kind, runs=1, n_freq=args.freq, batch=args.batch, module=module)
         model = model_step(kind, module, args.freq, args.batch)
-        products = matmul_products(module, depth, args.freq, args.batch, runs)
+        products = calibrate.step_products(kind, runs=runs, n_freq=args.freq, batch=args.batch, module=module)
         stacked_s, single_s, model_s, products_s = timed_together([stacked, single, model, products],
                                                                   repeats=args.repeats, module=module)
         stacked_s /= runs

@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,3 +25,19 @@ def xp_module(request):
 def tiny_profile() -> Path:
     """Path of configs/tiny.toml, for tests that run whole pipelines."""
     return TINY_PROFILE
+
+
+@pytest.fixture
+def live_pid():
+    """The pid of a process that runs for the test's duration (not this one)."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield process.pid
+    process.kill()
+    process.wait()
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid

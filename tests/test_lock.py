@@ -2,28 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
+from conftest import dead_pid
 from nca_np import lock
 from nca_np.atomic import _host
-
-
-@pytest.fixture
-def live_pid():
-    """The pid of a process that runs for the test's duration (not this one)."""
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    yield process.pid
-    process.kill()
-    process.wait()
-
-
-def dead_pid():
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
 
 
 def write_holder(path, pid, host=None):

@@ -15,14 +15,6 @@ from nca_np.data import cache, synth
 from nca_np.errors import describe_os_error
 
 
-@pytest.fixture
-def live_pid():
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    yield process.pid
-    process.kill()
-    process.wait()
-
-
 def temporaries(folder, live_pid):
     """A live writer's temporary and a dead one's, in ``folder``."""
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
