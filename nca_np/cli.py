@@ -240,9 +240,9 @@ def main(argv=None) -> int:
         return lock.EXIT_LOCKED
     except UserError as exc:
         print(f"nca-np {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_status
     except OSError as exc:
-        line = describe_os_error(exc, where=args.workdir.resolve())
+        line = describe_os_error(exc, where=args.workdir.resolve(), option=_option_of_failing_path(args, exc))
         if line is None:
             raise
         print(f"nca-np {args.command}: error: {line}", file=sys.stderr)
@@ -252,6 +252,18 @@ def main(argv=None) -> int:
         print(f"\nnca-np {args.command}: {how}; rerun the same command to continue where it stopped",
               file=sys.stderr)
         return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+
+
+def _option_of_failing_path(args, exc: OSError) -> str:
+    """The option that chose the folder of a failing path: ``--out`` for
+    ``separate``'s outputs, ``--workdir`` otherwise."""
+    out = getattr(args, "out", None)
+    if args.command != "separate" or out is None:
+        return "--workdir"
+    if exc.filename is None:
+        return "--out"
+    failing, out = Path(os.fsdecode(exc.filename)).resolve(), out.resolve()
+    return "--out" if failing == out or out in failing.parents else "--workdir"
 
 
 # ---------------------------------------------------------------- lock, signals, warnings
