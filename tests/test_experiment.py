@@ -300,3 +300,21 @@ def test_shards_balance_training_runs_by_cost():
     assert [training_cost(("mss-dae", 0)), training_cost(("dae", 0))] == [4, 2]
     assert Shard(3, 8).select(units, cost=training_cost) == shards[3]  # the same deal every time
     assert Shard(0, 3).select(units) == units[0::3]
+
+
+def test_wall_time_records_keep_each_device_and_survive_damage(tmp_path, monkeypatch):
+    from nca_np import backend
+    from nca_np.workspace import record_time
+
+    record_time(tmp_path, "train", Shard(), 2.0)
+    path = tmp_path / "timings" / "train-0of1.json"
+    first = json.loads(path.read_text())
+    assert first["backend"] == "numpy" and first["device"] == backend.device_record() and first["seconds"] == 2.0
+    monkeypatch.setattr(backend, "device_record", lambda: {"backend": "cupy", "device": "H200", "line": "GPU 0: H200"})
+    record_time(tmp_path, "train", Shard(), 1.0)  # resumed on another machine
+    second = json.loads(path.read_text())
+    assert second["seconds"] == 3.0 and second["device"]["line"] == "GPU 0: H200"
+    assert second["earlier_devices"] == [first["device"]["line"]]
+    path.write_text("{")
+    record_time(tmp_path, "train", Shard(), 1.5)  # a damaged record starts again
+    assert json.loads(path.read_text())["seconds"] == 1.5
