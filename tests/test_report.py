@@ -552,3 +552,23 @@ def test_the_glossary_anchors_the_report_links_exist():
         for _, anchor in terms:
             assert f'<a id="{anchor}"></a>' in method, anchor
     assert '<a id="glossary"></a>' in method
+
+
+def test_the_glossary_names_functions_that_exist():
+    """The glossary's entries for held-out scores, ridge and the couplings
+    stage name the functions that compute them."""
+    import importlib
+    import re
+    from pathlib import Path
+
+    method = (Path(__file__).resolve().parents[1] / "docs" / "method.md").read_text(encoding="utf-8")
+    glossary = method[method.index('<a id="glossary"></a>'):]
+    named = set(re.findall(r"`((?:heldout|references|couplings|explain)\.\w+(?:\.\w+)?)", glossary))
+    assert {"heldout.score_matrices", "heldout.cross_validated_ridge", "heldout.pooled_ridge",
+            "references.ridge_couplings", "couplings.fit_unit"} <= named
+    for name in sorted(named):
+        module, *attributes = name.split(".")
+        value = importlib.import_module(f"nca_np.{module}")
+        for attribute in attributes:
+            assert hasattr(value, attribute), name
+            value = getattr(value, attribute)
