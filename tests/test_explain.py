@@ -344,3 +344,19 @@ def test_explain_with_frames_of_the_wrong_size_fails_in_one_line(tmp_path):
                   tmp_path / "out", check=False)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "transposed?" in done.stderr
+
+
+def test_the_command_line_lists_explain_and_the_tiny_profile():
+    from nca_np.cli import build_parser
+
+    parser = build_parser()
+    assert "explain" in parser.format_help()
+    commands = next(action for action in parser._actions if getattr(action, "choices", None)
+                    and "reproduce" in action.choices).choices
+    profile_help = commands["reproduce"].format_help()
+    assert "tiny" in profile_help and "about 15 s" in profile_help
+    explain_help = commands["explain"].format_help()
+    for needle in ("--frames", "--vocals", "--init-seed", "frames as columns", "input domain"):
+        assert needle in explain_help, needle
+    args = parser.parse_args(["explain", "net.npz", "--frames", "f.npy"])
+    assert args.out == Path("explained") and args.init_seed is None and args.vocals is None
