@@ -16,8 +16,8 @@ interrupted one. Settings come from a profile (configs/<name>.toml) and
 
 A failure is one line on standard error, never a traceback for something a
 user can act on: exit status 2 for bad input or settings, 74 for the
-operating system's failures (disk full, read-only or missing folder,
-permission denied: the line names the path), 75 when another command holds
+operating system's failures (disk full, too little free space for a stage,
+read-only or missing folder, permission denied: the line names the path), 75 when another command holds
 the work folder (:mod:`nca_np.lock`), 130 for Ctrl-C and 143 for SIGTERM.
 """
 

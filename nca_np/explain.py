@@ -358,7 +358,7 @@ def explain(model: Model, frames, settings, out_dir, *, vocals=None, init_seed: 
     from .models import model_kind
 
     frames = check_frames(backend.to_host(frames), n_freq=model.n_freq, where="the frames")
-    dtype = backend.to_host(model.params[0]).dtype
+    dtype = numpy.dtype(model.dtype)
     module = backend.array_module(model.params[0])
     mixture = backend.to_device(numpy.asarray(frames, dtype=dtype), module)
     truth = vocals is not None
