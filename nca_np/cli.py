@@ -8,6 +8,7 @@
     report     Tables 1–3, Figures 2–3, curves and metadata from saved results
     reproduce  all of the above in order (--plan: only say what it would do)
     separate   vocals and accompaniment of any audio file with a trained run
+    explain    the NCA's tables and couplings figure for one's own network and frames
 
 Every stage resumes: a rerun skips finished units and continues an
 interrupted one. Settings come from a profile (configs/<name>.toml) and
@@ -15,8 +16,8 @@ interrupted one. Settings come from a profile (configs/<name>.toml) and
 
 A failure is one line on standard error, never a traceback for something a
 user can act on: exit status 2 for bad input or settings, 74 for the
-operating system's failures (disk full, read-only or missing folder,
-permission denied: the line names the path), 75 when another command holds
+operating system's failures (disk full, too little free space for a stage,
+read-only or missing folder, permission denied: the line names the path), 75 when another command holds
 the work folder (:mod:`nca_np.lock`), 130 for Ctrl-C and 143 for SIGTERM.
 """
 
@@ -55,8 +56,9 @@ STAGE_HELP = {
 def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--profile", default=os.environ.get("NCA_NP_PROFILE", "paper"),
-                        help="configuration profile: a name in configs/ (paper, demo) or a .toml path "
-                             "(default: paper)")
+                        help="configuration profile: a name in configs/ (paper: the paper's protocol; demo: "
+                             "a few minutes; tiny: a whole reproduce in about 15 s, for learning and the tests) "
+                             "or a .toml path (default: paper)")
     common.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one configuration value, e.g. --set train.runs=3 (repeatable)")
     common.add_argument("--workdir", type=Path, default=Path("."),
@@ -103,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--no-calibrate", action="store_true",
                              help="with --plan: estimate from operation counts, without the calibration's minutes")
     _add_separate(commands, common)
+    _add_explain(commands, common)
     return parser
 
 
@@ -156,6 +159,56 @@ def _add_separate(commands, common) -> None:
                      help="also write spectrograms.png (mixture, estimate, true vocals where known)")
 
 
+EXPLAIN_HELP = "explain one's own network on one segment of frames with the NCA"
+
+
+def _add_explain(commands, common) -> None:
+    """``nca-np explain WEIGHTS --frames FRAMES.npy [--vocals V.npy] [--out DIR] [--init-seed S]``."""
+    sub = commands.add_parser(
+        "explain", parents=[common], help=EXPLAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=EXPLAIN_HELP + ".\n\n"
+                    "WEIGHTS is a chain of F×F dense + ReLU layers: a .npz with keys W1, b1, …, WL, bL (W of\n"
+                    "shape (out, in); masks_input=True for a mask network) or a PyTorch state_dict of Linear\n"
+                    "layers. FRAMES.npy is one (F, T) segment, frames as columns, in the network's own input\n"
+                    "domain (for this project's runs: the band-scaled magnitudes the network was trained on; no\n"
+                    "scaling is applied). Every NCA strategy of the profile's [nca] settings (--set nca.… changes\n"
+                    "them), the baselines and the exact references are fitted, and OUT/explain.md, explain.json\n"
+                    "and couplings.png written: the report's NCA sections for this one network.",
+        epilog="examples:\n"
+               "  nca-np explain net.npz --frames segment.npy --profile tiny --out explained/net\n"
+               "  nca-np explain net.pt --frames segment.npy --set nca.iterations=200 --set nca.max_iterations=200")
+    sub.add_argument("weights", type=Path, metavar="WEIGHTS", help="the network: .npz (W1, b1, …) or state_dict")
+    sub.add_argument("--frames", type=Path, required=True, metavar="FRAMES.npy",
+                     help="one (F, T) segment, frames as columns, in the network's input domain")
+    sub.add_argument("--vocals", type=Path, default=None, metavar="VOCALS.npy",
+                     help="the true vocals of the same frames (F, T): adds the SNR against the truth (Table 3)")
+    sub.add_argument("--mask", action="store_true",
+                     help="the network's output is a mask applied to its input (SF); a .npz may say so itself")
+    sub.add_argument("--out", type=Path, default=Path("explained"), help="folder of the results (default: ./explained)")
+    sub.add_argument("--init-seed", type=int, default=None, metavar="SEED",
+                     help="the seed of each strategy's fit (default: nca.seed of the profile)")
+
+
+def _explain(args, config) -> None:
+    from .couplings import FitBar, NcaSettings
+    from .explain import EXPLAIN_FILES, explain, load_frames, load_network
+
+    model = load_network(args.weights, masks_input=True if args.mask else None, module=backend.xp())
+    frames = load_frames(args.frames, n_freq=model.n_freq)
+    vocals = load_frames(args.vocals, n_freq=model.n_freq) if args.vocals is not None else None
+    seed = config["nca"]["seed"] if args.init_seed is None else args.init_seed
+    bar = FitBar(not args.quiet and sys.stderr.isatty(), prefix="explain")
+    try:
+        unit = explain(model, frames, NcaSettings.from_config(config["nca"]), args.out, vocals=vocals,
+                       init_seed=seed, sample_rate=config["stft"]["sample_rate"], watch=bar)
+    finally:
+        bar.close()
+    for strategy, fit in unit["strategies"].items():
+        _log(f"{unit['model']} {strategy}: TOD-R {fit['tod_r']:.4g}, SNR (model) {fit['snr_model_db']:.2f} dB, "
+             f"relative error {fit['relative_error']:.3g}{'' if fit['converged'] else ' (not converged)'}")
+    _log(f"explanation written to {args.out / EXPLAIN_FILES['report']}")
+
+
 def _separate(args, ws, progress) -> None:
 
     if args.run is not None:
@@ -198,6 +251,8 @@ def run(args) -> int:
         evaluate_stage(ws, musdb_root=args.musdb_root, shard=shard, kinds=args.kinds, progress=progress, log=_log)
     elif args.command == "separate":
         _separate(args, ws, progress)
+    elif args.command == "explain":
+        _explain(args, config)
     elif args.command == "report":
         report_stage(ws, log=_log)
     elif args.plan:
@@ -240,9 +295,9 @@ def main(argv=None) -> int:
         return lock.EXIT_LOCKED
     except UserError as exc:
         print(f"nca-np {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_status
     except OSError as exc:
-        line = describe_os_error(exc, where=args.workdir.resolve())
+        line = describe_os_error(exc, where=args.workdir.resolve(), option=_option_of_failing_path(args, exc))
         if line is None:
             raise
         print(f"nca-np {args.command}: error: {line}", file=sys.stderr)
@@ -252,6 +307,18 @@ def main(argv=None) -> int:
         print(f"\nnca-np {args.command}: {how}; rerun the same command to continue where it stopped",
               file=sys.stderr)
         return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+
+
+def _option_of_failing_path(args, exc: OSError) -> str:
+    """The option that chose the folder of a failing path: ``--out`` for
+    ``separate``'s and ``explain``'s outputs, ``--workdir`` otherwise."""
+    out = getattr(args, "out", None)
+    if args.command not in ("separate", "explain") or out is None:
+        return "--workdir"
+    if exc.filename is None:
+        return "--out"
+    failing, out = Path(os.fsdecode(exc.filename)).resolve(), out.resolve()
+    return "--out" if failing == out or out in failing.parents else "--workdir"
 
 
 # ---------------------------------------------------------------- lock, signals, warnings
@@ -277,7 +344,7 @@ def _shard_text(args) -> str | None:
 def _work_folder_lock(args, shard):
     """The lock of :mod:`nca_np.lock` for a command that writes into the
     work folder (not ``separate``, which writes to --out, nor ``--plan``)."""
-    if args.command == "separate" or getattr(args, "plan", False):
+    if args.command in ("separate", "explain") or getattr(args, "plan", False):
         return contextlib.nullcontext()
     command = f"nca-np {args.command}" + (f" --shard {shard.index}/{shard.count}" if shard.count > 1 else "")
     return lock.hold(args.workdir.resolve(), shard_index=shard.index, shard_count=shard.count, command=command,

@@ -1,7 +1,8 @@
 """Errors a user can act on.
 
 The command line prints any :class:`UserError` as one line (no traceback)
-and exits with status 2, and the operating system's failures it can name
+and exits with its ``exit_status`` (2: bad input; 74 for a failure of the
+machine the program foresaw, such as too little free space), and the operating system's failures it can name
 (:func:`describe_os_error`: disk full, read-only, permission denied, …)
 as one line with status 74 (``EX_IOERR``); everything else is a bug and
 keeps its traceback.
@@ -10,6 +11,9 @@ keeps its traceback.
 
 class UserError(Exception):
     """Bad input, a missing file or an unusable setting, with what to do."""
+
+    #: The command line's exit status for this error (2: bad input or settings).
+    exit_status = 2
 
 
 class DataError(UserError):
@@ -44,10 +48,12 @@ OS_ADVICE = {
 }
 
 
-def describe_os_error(exc: OSError, where=None) -> str | None:
+def describe_os_error(exc: OSError, where=None, option: str = "--workdir") -> str | None:
     """One line for an ``OSError`` of a kind in :data:`OS_ADVICE`: the path
     (or ``where`` when the error names none) and what to do; None for other
-    kinds (those are bugs and keep their traceback)."""
+    kinds (those are bugs and keep their traceback). ``option`` is the
+    command-line option that chose the failing folder (``--out`` for
+    ``separate``'s outputs), named in the advice in place of ``--workdir``."""
     import errno
 
     exc = _first_failure(exc)
@@ -56,7 +62,8 @@ def describe_os_error(exc: OSError, where=None) -> str | None:
         return None
     path = exc.filename if exc.filename is not None else (f"a file under {where}" if where else "a file")
     also = f" (and {exc.filename2})" if exc.filename2 is not None else ""
-    return f"cannot use {path}{also}: {OS_ADVICE[name]}; then run the same command again (finished work is kept)"
+    advice = OS_ADVICE[name].replace("--workdir", option)
+    return f"cannot use {path}{also}: {advice}; then run the same command again (finished work is kept)"
 
 
 def _first_failure(exc: OSError) -> OSError:

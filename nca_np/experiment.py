@@ -178,16 +178,22 @@ def evaluate_where_possible(ws: Workspace, *, musdb_root=None, shard=Shard(), pr
 
 def reproduce(ws: Workspace, *, musdb_root=None, shard=Shard(), progress=True, log=print) -> Path | None:
     """Every stage in order; each skips what is already done. What could
-    fail late is checked first (:mod:`nca_np.preflight`)."""
+    fail late is checked first (:mod:`nca_np.preflight`).
+
+    Only synth, prepare and evaluate read audio: where the prepared features
+    of this configuration are already in ``cache/`` (a machine given only the
+    cache, without the audio or the audio libraries), synth and prepare are
+    skipped with one line, evaluate says in one line what it lacks, and the
+    runs are trained, fitted and reported."""
     preflight.check_segment_length(ws.config)
-    if shard.count == 1:
+    prepared = _prepared_cache_or_none(ws)
+    if prepared is not None:
+        log(f"synth and prepare skipped: the prepared features of this configuration are in {prepared.path}")
+    elif shard.count == 1:
         prepare_stage(ws, musdb_root=musdb_root, progress=progress, log=log)
     else:  # shards started together must not all write the same cache
-        try:
-            open_prepared_cache(ws)
-        except UserError:
-            raise UserError("sharded runs read a prepared cache: run `nca-np prepare` once before "
-                            "starting the shards") from None
+        raise UserError("sharded runs read a prepared cache: run `nca-np prepare` once before "
+                        "starting the shards")
     _check_room_for_the_rest(ws, shard)
     train_stage(ws, shard=shard, progress=progress, log=log)
     evaluate_where_possible(ws, musdb_root=musdb_root, shard=shard, progress=progress, log=log)
@@ -196,6 +202,15 @@ def reproduce(ws: Workspace, *, musdb_root=None, shard=Shard(), progress=True, l
         log(f"shard {shard.index}/{shard.count} done; run `nca-np report` once every shard has finished")
         return None
     return report_stage(ws, log=log)
+
+
+def _prepared_cache_or_none(ws: Workspace):
+    """The prepared feature cache of this configuration, or None when
+    ``prepare`` has not made it (or it is incomplete)."""
+    try:
+        return open_prepared_cache(ws)
+    except UserError:
+        return None
 
 
 def _check_room_for_the_rest(ws: Workspace, shard: Shard) -> None:

@@ -43,16 +43,29 @@ shape registers a kind ``network-L`` (``network-L-mask``) on first load.
 columns, as the NCA takes them (docs/method.md#nca): the network's
 own input features (scaled as the network was trained on them), finite and
 non-negative.
+
+**The explanation** (:func:`explain`, ``nca-np explain WEIGHTS --frames
+FRAMES.npy``): the couplings stage's fits of one segment
+(:func:`nca_np.couplings.fit_unit`: every NCA strategy of the settings, the
+baselines, the exact references) on the given frames, written as the
+report's NCA sections for one model: Tables 1–2 (and 3 when the true
+vocals of the frames are given), the exact references, the convergence of
+the fits and the couplings figure. The frames are taken in the model's
+own feature domain: for a network of this project, the band-scaled
+magnitudes of docs/method.md#features, as the couplings stage takes them;
+no scaling is applied here.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import numpy
 
 from . import backend
+from .atomic import write_json, write_text
 from .errors import UserError
 from .models import MODEL_KINDS, Model, ModelKind, register_kind
 
@@ -306,3 +319,137 @@ def check_frames(frames, *, n_freq: int | None = None, where: str = "the frames"
         raise NetworkError(f"{where}: {int((frames < 0).sum())} negative entries: the NCA explains "
                            "non-negative magnitude frames (docs/method.md#features)")
     return numpy.asarray(frames, dtype=numpy.float64)
+
+
+# ------------------------------------------------------------------ explain
+
+#: The files :func:`explain` writes into its folder.
+EXPLAIN_FILES = {"report": "explain.md", "numbers": "explain.json", "figure": "couplings.png"}
+
+
+def explain(model: Model, frames, settings, out_dir, *, vocals=None, init_seed: int = 0, spread_seeds=(),
+            sample_rate: float = 44100.0, watch=None, dpi: int | None = None) -> dict:
+    """Explain ``model`` on one segment of ``frames`` with the NCA and write
+    the report's NCA sections for it (docs/method.md#nca).
+
+    Args:
+        model: the network (:func:`load_network`, or a trained run's model).
+        frames: (F, T) host array, frames as columns, in the model's own
+            feature domain (for this project's networks, the band-scaled
+            magnitudes of docs/method.md#features); taken in the model's dtype.
+        settings: :class:`nca_np.couplings.NcaSettings` (strategies,
+            iterations, learning rate, composition, …).
+        out_dir: the folder of :data:`EXPLAIN_FILES` (created when missing).
+        vocals: (F, T) true vocals of the same frames, or None: then the
+            SNRs against the truth (Table 3) are left out.
+        init_seed: the seed of each strategy's fit (a couplings unit's
+            ``init_seed`` reproduces that unit's fits).
+        spread_seeds: seeds of extra fits, for the spread over initialisations.
+        sample_rate: Hz of the frames' STFT, for the figure's axes (bin k
+            at ``k · sample_rate / (2 (F − 1))``).
+        watch: as for :func:`nca_np.couplings.fit_unit`.
+
+    Returns:
+        The unit: ``{"kind", "segment", "strategies", "baselines",
+        "references", "model_snr_true_db", "init_seed", …}`` as the couplings
+        stage writes it (``snr_true_db`` None without ``vocals``).
+    """
+    from .couplings import fit_unit
+    from .models import model_kind
+
+    frames = check_frames(backend.to_host(frames), n_freq=model.n_freq, where="the frames")
+    dtype = numpy.dtype(model.dtype)
+    module = backend.array_module(model.params[0])
+    mixture = backend.to_device(numpy.asarray(frames, dtype=dtype), module)
+    truth = vocals is not None
+    if truth:
+        vocals = numpy.asarray(backend.to_host(vocals), dtype=dtype)
+        if vocals.shape != frames.shape:
+            raise NetworkError(f"the vocals have shape {vocals.shape}, the frames {frames.shape}: give one true "
+                               "vocals frame per frame")
+        target = backend.to_device(vocals, module)
+    else:  # fit_unit measures against the truth too: the model's output stands in, and is dropped below
+        target = model.predict(mixture.T).T
+    measures, matrices = fit_unit(settings, model, mixture, target, init_seed=init_seed,
+                                  spread_seeds=tuple(spread_seeds), watch=watch)
+    unit = {"kind": model.kind, "model": model_kind(model.kind).display_name,
+            "segment": {"id": "explained", "number": 0, "track": "given frames", "index": 0,
+                        "frames": int(frames.shape[1])},
+            "run": None, "config_hash": "explain", "code_version": _code_version(),
+            "composition": settings.composition, "init_seed": int(init_seed), **measures,
+            "frames_domain": "the model's own input features (frames as columns), as given"}
+    if not truth:
+        unit["model_snr_true_db"] = None
+        for entry in unit["strategies"].values():
+            entry["snr_true_db"] = None
+    _write_explanation(Path(out_dir), unit, settings, matrices, model, mixture, truth=truth,
+                       sample_rate=sample_rate, dpi=dpi)
+    return unit
+
+
+def _code_version() -> str:
+    from .workspace import code_version
+
+    return code_version()
+
+
+def _write_explanation(out_dir: Path, unit: dict, settings, matrices: dict, model, mixture, *, truth: bool,
+                       sample_rate: float, dpi) -> None:
+    """explain.json, explain.md and couplings.png of one explained model."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / EXPLAIN_FILES["numbers"], unit)
+    write_text(out_dir / EXPLAIN_FILES["report"], explanation_markdown(unit, settings, truth=truth))
+    _write_figure(out_dir / EXPLAIN_FILES["figure"], unit, settings, matrices, model, mixture,
+                  sample_rate=sample_rate, dpi=dpi)
+
+
+def explanation_markdown(unit: dict, settings, *, truth: bool) -> str:
+    """The report's NCA sections (Tables 1–3, exact references, convergence)
+    for the one explained unit, with the report's own renderers."""
+    from .report import diagnostics as nca_diagnostics
+    from .report.prose import table_caption, with_symbols
+    from .report.tables import DECIMALS, TABLE1, TABLE2, TABLE3, markdown_table, summarise
+
+    kinds, strategies = [unit["kind"]], list(settings.strategies)
+    scored = json.loads(json.dumps(unit))
+    if not truth:  # the tables take numbers: NaN, and Table 3 is left out below
+        scored["model_snr_true_db"] = float("nan")
+        for entry in scored["strategies"].values():
+            entry["snr_true_db"] = float("nan")
+    tables = summarise([scored], kinds=kinds, strategies=strategies)
+    diagnostics = nca_diagnostics.diagnose([scored], kinds=kinds, strategies=strategies)
+    refs = unit["references"]
+    sections = [f"# NCA explanation of a {unit['model']} network\n",
+                f"One segment of {unit['segment']['frames']} frames (F = {refs['n_freq']} bins, rank X = "
+                f"{refs['rank']}), taken as the network's own input features; strategies "
+                f"{', '.join(strategies)}, {settings.iterations} iterations at learning rate "
+                f"{settings.learning_rate:g}, init seed {unit['init_seed']}, composition "
+                f"{settings.composition!r}. Numbers: [{EXPLAIN_FILES['numbers']}]({EXPLAIN_FILES['numbers']}).\n"]
+    if not truth:
+        sections.append("*Table 3 (SNR against the true vocals) is left out: no true vocals were given for "
+                        "these frames (--vocals).*\n")
+    note = nca_diagnostics.measurement_note(diagnostics, strategies)
+    sections += [note + "\n"] if note else []
+    body = []
+    for table in (TABLE1, TABLE2) + ((TABLE3,) if truth else ()):
+        body += [f"## {tables[table]['title']}\n", table_caption(table, kinds) + "\n",
+                 markdown_table(tables[table], DECIMALS[table], bold_smallest=False)]
+    body += ["## Exact references\n", nca_diagnostics.references_caption(diagnostics) + "\n",
+             nca_diagnostics.references_markdown(diagnostics),
+             "## Convergence of the NCA\n", nca_diagnostics.convergence_caption(diagnostics) + "\n",
+             nca_diagnostics.convergence_markdown(diagnostics)]
+    sections += with_symbols(body)
+    sections += ["## Couplings\n", f"![couplings matrices]({EXPLAIN_FILES['figure']})\n"]
+    return "\n".join(sections)
+
+
+def _write_figure(path: Path, unit: dict, settings, matrices: dict, model, mixture, *, sample_rate: float,
+                  dpi) -> None:
+    """The report's couplings figure (Figure 3) for the one explained model."""
+    from .report.figures import DPI, plot_couplings
+
+    n_fft = 2 * (model.n_freq - 1)
+    target = backend.to_host(model.decoder_output(mixture.T).T)
+    segment = {"track": "given frames", "segment_index": 0, unit["kind"]: {**matrices, "target": target}}
+    plot_couplings(path, segment, {unit["kind"]: unit["model"]}, list(settings.strategies),
+                   sample_rate=sample_rate, n_fft=n_fft, dpi=dpi or DPI)

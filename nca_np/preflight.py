@@ -39,7 +39,12 @@ ARCHIVE_OVERHEAD = 16 * 2**10
 
 
 class NotEnoughSpace(UserError):
-    """The work folder's file system lacks the room a stage needs."""
+    """The work folder's file system lacks the room a stage needs: a
+    failure of the machine, not of the input, so the command line exits
+    with :attr:`exit_status` 74 (``EX_IOERR``), as for a full disk met
+    while writing."""
+
+    exit_status = 74
 
 
 def human_bytes(count: float) -> str:

@@ -142,12 +142,42 @@ class Shard:
 
 def record_time(folder: Path, stage: str, shard: Shard, seconds: float) -> None:
     """Add a stage's wall time to its record in ``folder/timings`` (summed
-    over resumptions), beside what the stage made."""
+    over resumptions), beside what the stage made, with the device it ran
+    on (:func:`nca_np.backend.device_record`): each stage, and each shard of
+    one, may run on another machine. A resumption on another device keeps
+    the earlier ones' lines under ``earlier_devices``; a damaged record
+    starts again from zero rather than stop the stage."""
     path = Path(folder) / "timings" / f"{stage}-{shard}.json"
-    previous = json.loads(path.read_text())["seconds"] if path.exists() else 0.0
-    write_json(path, {"stage": stage, "shard": str(shard), "seconds": previous + seconds,
-                      "backend": backend.name(), "device": backend.device_description(),
-                      "tf32": backend.tf32_settings()})
+    previous = _previous_record(path)
+    device = backend.device_record()
+    earlier = list(previous.get("earlier_devices", []))
+    before = previous.get("device")
+    before_line = before.get("line") if isinstance(before, dict) else before
+    if before_line and device_key(before) != device_key(device) and before_line not in earlier:
+        earlier.append(before_line)
+    record = {"stage": stage, "shard": str(shard), "seconds": previous.get("seconds", 0.0) + seconds,
+              "backend": backend.name(), "device": device, "tf32": backend.tf32_settings()}
+    write_json(path, {**record, **({"earlier_devices": earlier} if earlier else {})})
+
+
+def _previous_record(path: Path) -> dict:
+    """A stage's wall-time record so far; empty when missing or damaged."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(record, dict) or not isinstance(record.get("seconds"), (int, float)):
+        return {}
+    return record
+
+
+def device_key(device) -> tuple:
+    """What tells two devices apart in a wall-time record: (backend, device
+    name). ``device`` is a :func:`nca_np.backend.device_record` dict or, in
+    records written before those, the device's description string."""
+    if isinstance(device, dict):
+        return (device.get("backend"), device.get("device"))
+    return (None, device)
 
 
 def unit_bar(units, desc: str, progress: bool):

@@ -24,7 +24,7 @@ Columns:
              elementwise work (signs, ReLU gates, Adam)
 
 Usage:
-  python scripts/bench_nca.py [--device cpu|gpu] [--repeats 3]
+  python scripts/bench_nca.py [--device cpu|gpu|auto] [--repeats 3]
                               [--freq 2049] [--frames 360]
 """
 
@@ -184,7 +184,9 @@ def run_case(name: str, n_freq: int, n_frames: int, repeats: int) -> dict:
 
 def run_case_in_fresh_process(name: str, args) -> dict:
     """Run one case in a new interpreter, so its peak resident set is its own."""
-    command = [sys.executable, os.path.abspath(__file__), "--device", args.device,
+    # the device this process resolved (auto included), so every case runs on it
+    device = "cpu" if backend.name() == "numpy" else "gpu"
+    command = [sys.executable, os.path.abspath(__file__), "--device", device,
                "--repeats", str(args.repeats), "--freq", str(args.freq),
                "--frames", str(args.frames), "--one-case", name]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -205,7 +207,8 @@ def print_table(rows, args) -> None:
 
 def parse_arguments(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--device", choices=("cpu", "gpu", "auto"), default="cpu",
+                        help="auto: the GPU, and the CPU only when no GPU is visible (as bench_train.py)")
     parser.add_argument("--repeats", type=int, default=3, help="timed iterations per case")
     parser.add_argument("--freq", type=int, default=2049, help="F, frequency bins")
     parser.add_argument("--frames", type=int, default=360, help="T, frames per segment")
@@ -230,6 +233,7 @@ def main(argv=None) -> int:
     if args.one_case:
         print(json.dumps(run_case(args.one_case, args.freq, args.frames, args.repeats)))
         return 0
+    print(backend.device_line())  # first, so a run on the CPU is never silent
     rows = [run_case_in_fresh_process(name, args) for name in CASES]
     print_table(rows, args)
     return 0

@@ -89,6 +89,15 @@ def test_reproduce_writes_every_artefact(reference):
     assert set(meta["wall_time_seconds"]) >= {"prepare", "train", "evaluate", "couplings"}
     for needle in ("## Exact references", "## Convergence of the NCA", "determined on every segment"):
         assert needle in report
+    # the reading guide before the first table, a glossary link under each table, a device line per stage
+    assert report.index("**How to read this report.**") < report.index("## Table 1")
+    assert report.count("Symbols ([glossary](docs/method.md#glossary))") >= 5
+    assert "[TOD-R](docs/method.md#glossary-tod-r)" in report
+    for stage in ("synth", "prepare", "train", "evaluate", "couplings"):
+        assert f"\n- {stage}: CPU (NumPy {numpy.__version__})" in report, stage
+        (entry,) = meta["stage_devices"][stage]
+        assert entry["record"]["backend"] == "numpy" and entry["record"]["device"] == "CPU"
+    assert meta["devices_differ"] is None and "The devices differ" not in report
     unit = json.loads(next((workdir / "couplings").rglob("s0000.json")).read_text())
     assert unit["references"]["rank"] == 33 and unit["references"]["determined"]
     for fit in unit["strategies"].values():
@@ -231,6 +240,48 @@ def test_stages_after_prepare_need_neither_musdb_nor_soundfile(reference, tmp_pa
     assert not (_results(tmp_path) / "table_separation.csv").exists()
 
 
+def test_reproduce_with_only_the_cache_skips_what_needs_audio(reference, tmp_path):
+    """No data/ folder and no audio libraries: synth and prepare are skipped
+    (the features are prepared), evaluate says it needs the audio, and the
+    runs are trained, fitted and reported, with the same tables."""
+    import shutil
+    shutil.copytree(reference[0] / "cache", tmp_path / "cache")
+    blocked = ("import sys; sys.modules['musdb'] = None; sys.modules['soundfile'] = None; "
+               "sys.modules['museval'] = None; from nca_np.cli import main; sys.exit(main(sys.argv[1:]))")
+    done = subprocess.run([sys.executable, "-c", blocked, "reproduce", "--profile", str(PROFILE), "--workdir",
+                           str(tmp_path), "--quiet"], capture_output=True, text=True, env=_env(), timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not (tmp_path / "data").exists()
+    lines = done.stdout.splitlines()
+    (skipped,) = [line for line in lines if line.startswith("synth and prepare skipped")]
+    assert str(tmp_path / "cache") in skipped
+    (evaluate,) = [line for line in lines if line.startswith("evaluate skipped")]
+    assert "museval" in evaluate or "audio" in evaluate
+    for name in TABLE_FILES:
+        assert (_results(tmp_path) / name).read_bytes() == (_results(reference[0]) / name).read_bytes(), name
+
+
+def test_report_leaves_out_a_damaged_wall_time_record_and_reads_old_ones(reference, tmp_path):
+    import shutil
+    workdir = tmp_path / "copy"
+    shutil.copytree(reference[0], workdir, symlinks=True)
+    (damaged,) = sorted((workdir / "couplings").rglob("timings/couplings-*.json"))
+    damaged.write_text('{"stage": "coup')
+    (train,) = sorted((workdir / "runs").rglob("timings/train-*.json"))
+    old = {"stage": "train", "shard": "0of1", "seconds": 3.0, "backend": "cupy", "device": "GPU Tesla T4 (CuPy 13)"}
+    train.write_text(json.dumps(old))  # a record written before devices were records
+    done = nca(workdir, "report")
+    (named,) = [line for line in done.stdout.splitlines() if str(damaged) in line]
+    assert "leaving out" in named and "not valid JSON" in named
+    meta = json.loads((_results(workdir) / "metadata.json").read_text())
+    assert "couplings" not in meta["wall_time_seconds"] and meta["wall_time_seconds"]["train"] == 3.0
+    assert meta["stage_devices"]["train"][0]["line"] == "GPU Tesla T4 (CuPy 13) (cupy)"
+    assert meta["devices_differ"] == "the stages ran on different devices"
+    report = (_results(workdir) / "report.md").read_text()
+    assert "\n- train: GPU Tesla T4 (CuPy 13) (cupy)\n" in report
+    assert "**The devices differ:** the stages ran on different devices" in report
+
+
 def test_profile_names_are_not_confused_with_folders(tmp_path, monkeypatch):
     (tmp_path / "demo").mkdir()  # a folder named like a profile, e.g. a work folder
     monkeypatch.chdir(tmp_path)
@@ -249,3 +300,21 @@ def test_shards_balance_training_runs_by_cost():
     assert [training_cost(("mss-dae", 0)), training_cost(("dae", 0))] == [4, 2]
     assert Shard(3, 8).select(units, cost=training_cost) == shards[3]  # the same deal every time
     assert Shard(0, 3).select(units) == units[0::3]
+
+
+def test_wall_time_records_keep_each_device_and_survive_damage(tmp_path, monkeypatch):
+    from nca_np import backend
+    from nca_np.workspace import record_time
+
+    record_time(tmp_path, "train", Shard(), 2.0)
+    path = tmp_path / "timings" / "train-0of1.json"
+    first = json.loads(path.read_text())
+    assert first["backend"] == "numpy" and first["device"] == backend.device_record() and first["seconds"] == 2.0
+    monkeypatch.setattr(backend, "device_record", lambda: {"backend": "cupy", "device": "H200", "line": "GPU 0: H200"})
+    record_time(tmp_path, "train", Shard(), 1.0)  # resumed on another machine
+    second = json.loads(path.read_text())
+    assert second["seconds"] == 3.0 and second["device"]["line"] == "GPU 0: H200"
+    assert second["earlier_devices"] == [first["device"]["line"]]
+    path.write_text("{")
+    record_time(tmp_path, "train", Shard(), 1.5)  # a damaged record starts again
+    assert json.loads(path.read_text())["seconds"] == 1.5

@@ -216,3 +216,147 @@ def test_missing_or_wrong_kind_of_frames_file(tmp_path):
     one_line_error(lambda: load_frames(tmp_path / "x.npz"), "several arrays")
     assert check_frames(frames(), n_freq=None).shape == (F, 9)
 
+
+
+# ------------------------------------------------------------------ nca-np explain
+
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from nca_np.couplings import NcaSettings  # noqa: E402
+from nca_np.explain import EXPLAIN_FILES  # noqa: E402
+from nca_np.train import FINAL_MODEL, load_model  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.toml"
+#: The kinds the reproduction covers: a direct network and a mask network.
+EXPLAINED_KINDS = ("dae", "sf")
+
+
+def nca_np(*args, check=True):
+    """``python -m nca_np ARGS`` on the CPU; the completed process."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), NCA_NP_BACKEND="numpy")
+    result = subprocess.run([sys.executable, "-m", "nca_np", *map(str, args), "--quiet"], capture_output=True,
+                            text=True, env=env, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args[0]} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def tiny_units(tmp_path_factory):
+    """The tiny profile trained and explained by the couplings stage (DAE
+    and SF only), through the command line: ``{kind: (unit, run folder,
+    Figure 3 arrays of its segment s0000)}``."""
+    workdir = tmp_path_factory.mktemp("tiny")
+    common = ["--profile", TINY, "--workdir", workdir]
+    nca_np("prepare", *common)
+    nca_np("train", *common, "--kinds", *EXPLAINED_KINDS)
+    nca_np("couplings", *common, "--kinds", *EXPLAINED_KINDS)
+    found = {}
+    for kind in EXPLAINED_KINDS:
+        (unit_path,) = sorted((workdir / "couplings").glob(f"tiny-*/{kind}/s0000.json"))
+        unit = json.loads(unit_path.read_text())
+        (run_dir,) = sorted((workdir / "runs").glob(f"tiny-*/{kind}/run_{unit['run']:02d}"))
+        with numpy.load(unit_path.with_suffix(".npz")) as arrays:
+            found[kind] = (unit, run_dir, {key: arrays[key] for key in ("mixture", "vocals")})
+    return found
+
+
+def save_run_as_npz(run_dir, path, masks_input):
+    """A trained run's weights in explain's format: W1, b1, …, W (out, in)."""
+    model = load_model(run_dir / FINAL_MODEL, module=numpy)[0]
+    arrays = {}
+    for number in range(model.n_layers):
+        arrays[f"W{number + 1}"], arrays[f"b{number + 1}"] = model.params[2 * number], model.params[2 * number + 1]
+    numpy.savez(path, **arrays, **({"masks_input": numpy.bool_(True)} if masks_input else {}))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", EXPLAINED_KINDS)
+def test_explain_reproduces_a_couplings_unit_of_the_trained_tiny_profile(tiny_units, tmp_path, kind):
+    """Weights saved from a trained run, the frames of its segment and the
+    unit's init seed: ``nca-np explain`` gives that unit's numbers exactly
+    (the same float32 arithmetic in the same order, bit for bit)."""
+    unit, run_dir, arrays = tiny_units[kind]
+    weights = save_run_as_npz(run_dir, tmp_path / "net.npz", masks_input=kind == "sf")
+    numpy.save(tmp_path / "frames.npy", arrays["mixture"])
+    numpy.save(tmp_path / "vocals.npy", arrays["vocals"])
+    (seed,) = {fit["init_seed"] for fit in unit["strategies"].values()}
+    out = tmp_path / "explained"
+    done = nca_np("explain", weights, "--frames", tmp_path / "frames.npy", "--vocals", tmp_path / "vocals.npy",
+                  "--profile", TINY, "--init-seed", seed, "--out", out)
+    assert f"explanation written to {out / 'explain.md'}" in done.stdout
+    explained = json.loads((out / EXPLAIN_FILES["numbers"]).read_text())
+    assert explained["kind"] == kind and set(explained["strategies"]) == set(unit["strategies"])
+    for strategy, fit in unit["strategies"].items():
+        mine = explained["strategies"][strategy]
+        for key in ("tod_r", "snr_model_db", "snr_true_db", "relative_error", "losses", "iterations", "converged"):
+            assert mine[key] == fit[key], (strategy, key)
+    assert explained["baselines"] == unit["baselines"]
+    assert explained["model_snr_true_db"] == unit["model_snr_true_db"]
+    for reference in ("min_norm", "mean_local_map", "nearest_identity"):
+        assert explained["references"][reference] == unit["references"][reference], reference
+    report = (out / EXPLAIN_FILES["report"]).read_text()
+    for title in ("## Table 1", "## Table 2", "## Table 3", "## Exact references", "## Convergence of the NCA"):
+        assert title in report, title
+    student = unit["strategies"]["student"]["tod_r"]
+    assert f"| {'DAE' if kind == 'dae' else 'SF'} | 1 | {student:.2f} (0.00) |" in report
+    assert (out / EXPLAIN_FILES["figure"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_explain_from_python_leaves_out_the_truth_without_vocals(tmp_path):
+    layers = random_layers(2, seed=4)
+    model = network_model(layers)
+    settings = NcaSettings(iterations=6, max_iterations=6, learning_rate=1e-3)
+    unit = explain.explain(model, frames(T=12), settings, tmp_path, init_seed=5, dpi=20)
+    again = explain.explain(model, frames(T=12), settings, tmp_path / "again", init_seed=5, dpi=20)
+    assert [fit["tod_r"] for fit in unit["strategies"].values()] == \
+        [fit["tod_r"] for fit in again["strategies"].values()]  # seeded
+    assert unit["model_snr_true_db"] is None and all(f["snr_true_db"] is None for f in unit["strategies"].values())
+    assert unit["references"]["n_freq"] == F and unit["segment"]["frames"] == 12
+    text = (tmp_path / EXPLAIN_FILES["report"]).read_text()
+    assert "## Table 3" not in text and "Table 3 (SNR against the true vocals) is left out" in text
+    assert "[TOD-R](docs/method.md#glossary-tod-r)" in text
+
+
+def test_explain_with_a_planted_shape_error_fails_in_one_line(tmp_path):
+    layers = random_layers(2)
+    layers[1] = (numpy.ones((F, F + 1)), numpy.ones(F))
+    weights = save_npz(tmp_path / "bad.npz", layers)
+    numpy.save(tmp_path / "frames.npy", frames())
+    done = nca_np("explain", weights, "--frames", tmp_path / "frames.npy", "--profile", TINY, "--out",
+                  tmp_path / "out", check=False)
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("nca-np explain: error: ") and str(weights) in line and "layer 2" in line
+    assert "square" in line and not (tmp_path / "out").exists()
+
+
+def test_explain_with_frames_of_the_wrong_size_fails_in_one_line(tmp_path):
+    weights = save_npz(tmp_path / "net.npz", random_layers(2))
+    numpy.save(tmp_path / "frames.npy", frames().T)
+    done = nca_np("explain", weights, "--frames", tmp_path / "frames.npy", "--profile", TINY, "--out",
+                  tmp_path / "out", check=False)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "transposed?" in done.stderr
+
+
+def test_the_command_line_lists_explain_and_the_tiny_profile():
+    from nca_np.cli import build_parser
+
+    parser = build_parser()
+    assert "explain" in parser.format_help()
+    commands = next(action for action in parser._actions if getattr(action, "choices", None)
+                    and "reproduce" in action.choices).choices
+    profile_help = commands["reproduce"].format_help()
+    assert "tiny" in profile_help and "about 15 s" in profile_help
+    explain_help = commands["explain"].format_help()
+    for needle in ("--frames", "--vocals", "--init-seed", "frames as columns", "input domain"):
+        assert needle in explain_help, needle
+    args = parser.parse_args(["explain", "net.npz", "--frames", "f.npy"])
+    assert args.out == Path("explained") and args.init_seed is None and args.vocals is None

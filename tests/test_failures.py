@@ -206,7 +206,7 @@ def test_too_little_free_space_is_said_before_any_work(tmp_path):
                  "Usage = collections.namedtuple('Usage', 'total used free')\n"
                  "shutil.disk_usage = lambda path: Usage(10**9, 10**9 - 1000, 1000)\n")
     result = nca(tmp_path / "work", "reproduce", patch=tiny_disk, check=False)
-    line = assert_one_clear_line(result, 2, "not enough space for the synthetic corpus",
+    line = assert_one_clear_line(result, EXIT_OS_ERROR, "not enough space for the synthetic corpus",
                                  tmp_path / "work" / "data" / "synthetic", "1.0 kB free", "--workdir")
     assert "MB needed" in line
     assert not (tmp_path / "work").exists()

@@ -459,6 +459,16 @@ def test_bench_script_runs_at_tiny_size():
         assert 0.0 < ratio < 100.0
 
 
+def test_bench_script_takes_device_auto_as_make_bench_passes_it():
+    """`make bench ARGS="--device auto"` hands the same options to every bench script."""
+    done = run_script(os.path.join("scripts", "bench_nca.py"), "--device", "auto", "--freq", "12", "--frames", "4",
+                      "--repeats", "1", "--batch", "8")
+    assert done.returncode == 0, done.stderr
+    first = done.stdout.splitlines()[0]
+    assert first.startswith(("CPU", "GPU")), first  # the device line, before any case
+    assert any(line.startswith("student ") for line in done.stdout.splitlines())
+
+
 def test_gradcheck_script_passes():
     done = run_script(os.path.join("scripts", "gradcheck.py"))
     assert done.returncode == 0, done.stdout + done.stderr

@@ -497,3 +497,78 @@ def test_captions_name_the_models_reported_from_their_registered_names(monkeypat
     assert reconstruction_text(["dae", "sf", "sf4"]) == (
         "Ŷ(C) = C X for DAE, X ⊙ (C X) for SF and SF-4, whose ŷ is the masked mixture")
     assert reconstruction_text(["sf4"]) == "Ŷ(C) = X ⊙ (C X) for SF-4, whose ŷ is the masked mixture"
+
+
+# ------------------------------------------------------------- devices, reading guide, glossary
+
+
+def test_report_md_says_where_each_stage_ran_and_flags_shards_that_differ():
+    from nca_np.report.stage import devices_differ, stage_devices
+
+    gpu = {"backend": "cupy", "device": "NVIDIA H200", "line": "GPU 0: NVIDIA H200, CuPy 14.0.1, CUDA 12.8"}
+    cpu = {"backend": "numpy", "device": "CPU", "line": "CPU (NumPy 2.4.6): no GPU found"}
+    records = [{"stage": "couplings", "shard": "1of2", "seconds": 1.0, "backend": "numpy", "device": cpu},
+               {"stage": "couplings", "shard": "0of2", "seconds": 1.0, "backend": "cupy", "device": gpu},
+               {"stage": "train", "shard": "0of1", "seconds": 2.0, "backend": "cupy", "device": gpu}]
+    devices = stage_devices(records)
+    assert list(devices) == ["train", "couplings"]  # the order the stages run in
+    assert [entry["shard"] for entry in devices["couplings"]] == ["0of2", "1of2"]
+    assert devices_differ(records) == "the shards or resumptions of couplings ran on different devices"
+    assert devices_differ(records[1:]) is None
+    inputs = report_inputs()
+    inputs["metadata"].update(stage_devices=devices, devices_differ=devices_differ(records))
+    text = report.render_report(report.summarise(inputs.pop("units"), kinds=KINDS, strategies=STRATEGIES),
+                                units=make_units(), n_freq=N_FREQ, **inputs)
+    assert "\n- train: GPU 0: NVIDIA H200, CuPy 14.0.1, CUDA 12.8\n" in text
+    assert ("\n- couplings: shard 0of2 on GPU 0: NVIDIA H200, CuPy 14.0.1, CUDA 12.8; shard 1of2 on "
+            "CPU (NumPy 2.4.6): no GPU found\n") in text
+    assert "**The devices differ:** the shards or resumptions of couplings" in text
+    assert text.index("- train:") < text.index("## Table 1")
+
+
+def test_reading_guide_comes_before_the_tables_and_each_table_links_the_glossary(written):
+    text = (written[0][0] / "report.md").read_text()
+    guide = text.index("**How to read this report.**")
+    assert guide < text.index("## Table 1")
+    paragraph = text[guide:].split("\n", 1)[0]
+    assert "Table 1" in paragraph and "Table 2" in paragraph and "separation table" not in paragraph
+    for title, term in (("## Table 1", "[TOD-R](docs/method.md#glossary-tod-r)"),
+                        ("## Table 2", "[SNR (model)](docs/method.md#glossary-snr)"),
+                        ("## Exact references", "[rank X](docs/method.md#glossary-rank-x)"),
+                        ("## Convergence of the NCA", "[converged](docs/method.md#glossary-converged)")):
+        section = text[text.index(title):]
+        section = section[:section.index("\n## ", 1)]
+        assert term in section, title
+    assert "Computed on" not in text  # no device records in these metadata: no device lines
+
+
+def test_the_glossary_anchors_the_report_links_exist():
+    from pathlib import Path
+
+    from nca_np.report.prose import SECTION_SYMBOLS
+
+    method = (Path(__file__).resolve().parents[1] / "docs" / "method.md").read_text(encoding="utf-8")
+    for _, terms in SECTION_SYMBOLS:
+        for _, anchor in terms:
+            assert f'<a id="{anchor}"></a>' in method, anchor
+    assert '<a id="glossary"></a>' in method
+
+
+def test_the_glossary_names_functions_that_exist():
+    """The glossary's entries for held-out scores, ridge and the couplings
+    stage name the functions that compute them."""
+    import importlib
+    import re
+    from pathlib import Path
+
+    method = (Path(__file__).resolve().parents[1] / "docs" / "method.md").read_text(encoding="utf-8")
+    glossary = method[method.index('<a id="glossary"></a>'):]
+    named = set(re.findall(r"`((?:heldout|references|couplings|explain)\.\w+(?:\.\w+)?)", glossary))
+    assert {"heldout.score_matrices", "heldout.cross_validated_ridge", "heldout.pooled_ridge",
+            "references.ridge_couplings", "couplings.fit_unit"} <= named
+    for name in sorted(named):
+        module, *attributes = name.split(".")
+        value = importlib.import_module(f"nca_np.{module}")
+        for attribute in attributes:
+            assert hasattr(value, attribute), name
+            value = getattr(value, attribute)

@@ -494,7 +494,20 @@ def test_full_disk_is_one_line_with_status_74_and_no_file(identity_run, tmp_path
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr and "cffi" not in result.stderr, result.stderr
     assert str(out / "song" / "vocals.wav") in lines[0] and "ulimit -f" in lines[0]
+    assert "choose another --out" in lines[0] and "--workdir" not in lines[0]
     assert files_under(out) == []
+
+
+def test_an_unwritable_out_folder_names_the_out_option(identity_run, tmp_path, capsys):
+    """The advice names the option that chose the failing folder: --out, not --workdir."""
+    source = tmp_path / "song.wav"
+    soundfile.write(source, noise(0.2), 44100)
+    (tmp_path / "a-file").write_text("")
+    code, out, err = run_cli(capsys, source, "--run", identity_run, "--out", tmp_path / "a-file" / "out")
+    assert code == 74, err
+    line, = err.strip().splitlines()
+    assert str(tmp_path / "a-file") in line and "is a file, not a folder" in line
+    assert "choose another --out" in line and "--workdir" not in line
 
 
 def test_temporaries_of_a_killed_run_are_removed(identity_run, tmp_path, capsys):

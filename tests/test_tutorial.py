@@ -127,3 +127,14 @@ def test_the_ridge_block_states_the_numbers_of_its_formula(monkeypatch):
     assert [number for number, (_, needs, _) in enumerate(blocks, 1) if needs] != []
     _, skipped = run_blocks(blocks)
     assert skipped == []
+
+
+def test_the_last_step_runs_the_tiny_profile_and_points_at_its_report():
+    """The tutorial ends on the whole protocol: a shell block (not run here)
+    with the tiny profile's reproduce, and where its report lands."""
+    text = TUTORIAL.read_text()
+    last = text[text.rindex("\n## "):]
+    shell = re.findall(r"^```bash\n(.*?)^```", last, re.S | re.M)
+    assert shell and "nca-np reproduce --profile tiny" in shell[0]
+    assert "results/tiny-latest/report.md" in last and "(method.md#glossary)" in last
+    assert (TUTORIAL.parent.parent / "configs" / "tiny.toml").exists()

@@ -259,10 +259,13 @@ def render_report(tables: dict, *, units, kinds, strategies, histories, linear_c
     """
     diagnostics = diagnostics or nca_diagnostics.diagnose(units, kinds=kinds, strategies=strategies)
     sections = _opening(units, kinds, strategies, histories, metadata, n_freq, sample_rate, n_fft, diagnostics)
-    sections += _table_sections(tables, kinds)
-    sections += _diagnostics_sections(diagnostics)
+    separated = separation is not None and separation[0] is not None
+    sections.append(reading_guide(diagnostics, strategies, separation=separated) + "\n")
+    sections += device_lines(metadata)
+    body = _table_sections(tables, kinds) + _diagnostics_sections(diagnostics)
     if separation is not None:
-        sections += separation_section(*separation)
+        body += separation_section(*separation)
+    sections += with_symbols(body)
     zoom = _zoom_text(n_freq, sample_rate, n_fft)
     sections.append("## Figures\n")
     sections += _figure_section(linear_compositions, figure_segment, kinds, strategies, zoom, histories)
@@ -318,3 +321,94 @@ def _diagnostics_sections(diagnostics: dict) -> list[str]:
         nca_diagnostics.convergence_markdown(diagnostics),
         f"CSV: [{nca_diagnostics.CONVERGENCE_CSV}]({nca_diagnostics.CONVERGENCE_CSV}).\n",
     ]
+
+
+# ---------------------------------------------------------------- reading guide, devices, glossary links
+
+#: The glossary of the project's account of the method, and its per-term anchors.
+GLOSSARY = "docs/method.md#glossary"
+#: The terms each section's numbers are made of: (section title's start, [(term, glossary anchor)]).
+SECTION_SYMBOLS = (
+    ("Table 1", [("TOD-R", "glossary-tod-r"), ("C", "glossary-c"), ("segment", "glossary-segment")]),
+    ("Table 2", [("SNR (model)", "glossary-snr"), ("linear composition", "glossary-linear-composition"),
+                 ("identity", "glossary-identity")]),
+    ("Table 3", [("SNR (true)", "glossary-snr"), ("V", "glossary-v")]),
+    ("Exact references", [("min-norm V X⁺", "glossary-min-norm"), ("nearest least-squares couplings",
+                                                                    "glossary-nearest"),
+                          ("mean local map", "glossary-mean-local-map"), ("rank X", "glossary-rank-x")]),
+    ("Convergence of the NCA", [("relative error", "glossary-relative-error"), ("converged", "glossary-converged")]),
+    ("Separation quality", [("excerpt", "glossary-excerpt"), ("run", "glossary-run")]),
+)
+
+
+def glossary_link(term: str, anchor: str = "glossary") -> str:
+    """A Markdown link to ``term``'s entry in docs/method.md's glossary."""
+    return f"[{term}](docs/method.md#{anchor})"
+
+
+def symbols_line(title: str) -> str | None:
+    """"Symbols: …" with a glossary link per term of the section ``title``
+    (None for a section without an entry in :data:`SECTION_SYMBOLS`)."""
+    for start, terms in SECTION_SYMBOLS:
+        if title.startswith(start):
+            links = ", ".join(glossary_link(term, anchor) for term, anchor in terms)
+            return f"Symbols ({glossary_link('glossary')}): {links}.\n"
+    return None
+
+
+def with_symbols(sections: list[str]) -> list[str]:
+    """``sections`` with a :func:`symbols_line` closing each section (from
+    one ``## title`` to the next) that has one."""
+    out, title = [], None
+
+    def close() -> None:
+        line = symbols_line(title) if title is not None else None
+        if line is not None:
+            out.append(line)
+    for section in sections:
+        if section.startswith("## "):
+            close()
+            title = section[3:].strip()
+        out.append(section)
+    close()
+    return out
+
+
+def reading_guide(diagnostics: dict, strategies, *, separation: bool) -> str:
+    """The "how to read this report" paragraph: what each table answers,
+    which to trust, from the sections present (``separation``: the
+    separation table is in the report)."""
+    note = nca_diagnostics.measurement_note(diagnostics, strategies)
+    trust = ("The note above says where the TOD-R of the fits cannot be taken at face value: read those cells "
+             "beside the exact references." if note else
+             "Trust a strategy's TOD-R where its fits converged, its SNR (model) is high and it lies near the "
+             "exact references, which reproduce the network exactly.")
+    separated = (" The separation table answers how well each model separates whole excerpts (SDR, BSS Eval), "
+                 "the quality the couplings are read against." if separation else "")
+    return (f"**How to read this report.** Table 1 answers how mask-like each model's couplings C are (TOD-R: "
+            "large for a per-frequency filter, about 1 for no structure); Table 2 answers whether those C "
+            "reproduce the model at all (a TOD-R says something about the model only where its SNR (model) is "
+            "high), Table 3 how much separation quality they keep; the exact references and the convergence "
+            f"table say what an exact C scores and whether each fit finished. {trust}{separated} Every symbol is "
+            f"defined in the {glossary_link('glossary', 'glossary')} of docs/method.md.")
+
+
+def device_lines(metadata: dict) -> list[str]:
+    """Where each stage computed (one line per stage, from the metadata's
+    ``stage_devices``), flagged when stages or shards differ; nothing when
+    the metadata records no devices."""
+    stages = metadata.get("stage_devices")
+    if not isinstance(stages, dict) or not stages:
+        return []
+    lines = []
+    for stage, shards in stages.items():
+        shown = {entry["line"] for entry in shards}
+        if len(shown) == 1:
+            lines.append(f"- {_escape(stage)}: {_escape(shards[0]['line'])}")
+        else:
+            lines.append(f"- {_escape(stage)}: " + "; ".join(f"shard {_escape(e['shard'])} on {_escape(e['line'])}"
+                                                            for e in shards))
+    differ = metadata.get("devices_differ")
+    flag = f"\n**The devices differ:** {_escape(differ)}; their numbers may differ in the last digits.\n" \
+        if differ else ""
+    return ["Computed on (per stage, as its wall-time records say):\n", "\n".join(lines) + "\n" + flag]

@@ -28,7 +28,7 @@ from ..evaluate import evaluation_dir, report_inputs
 from ..features import StftSettings
 from ..nca import linear_composition
 from ..train import FINAL_MODEL, load_model
-from ..workspace import Workspace, open_prepared_cache, require_trained, run_seed, training_units
+from ..workspace import Workspace, device_key, open_prepared_cache, require_trained, run_seed, training_units
 from .write import write_report
 
 
@@ -42,7 +42,7 @@ def report_stage(ws: Workspace, *, log=print) -> Path:
     training = _training_summary(ws, kinds)
     figure = _figure_segment(ws, segments[FIGURE_SEGMENT], kinds)
     settings = StftSettings.from_config(config["stft"])
-    metadata = _metadata(ws, units, segments, training)
+    metadata = _metadata(ws, units, segments, training, log=log)
     preflight.check_output_folder(ws.results_dir, preflight.REPORT_BYTES, "the report")
     paths = write_report(ws.results_dir, units=units, kinds=kinds, strategies=list(config["nca"]["strategies"]),
                          histories=training["histories"], linear_compositions=training["linear_compositions"],
@@ -87,11 +87,11 @@ def _training_summary(ws: Workspace, kinds) -> dict:
             "linear_compositions": {kind: sums[kind] / ws.config["train"]["runs"] for kind in kinds}}
 
 
-def _metadata(ws: Workspace, units, segments, training: dict) -> dict:
+def _metadata(ws: Workspace, units, segments, training: dict, *, log=print) -> dict:
     """The report's metadata.json: configuration, seeds, versions, devices, wall times, data."""
     config = ws.config
     cache = _prepared_cache_or_none(ws)
-    timings = _timing_records(ws, cache)
+    timings = _timing_records(ws, cache, log=log)
     return {
         "profile": ws.profile, "config": config, "config_hash": config_hash(config),
         "composition": config["nca"]["composition"], "code_version": units[0]["code_version"],
@@ -99,7 +99,9 @@ def _metadata(ws: Workspace, units, segments, training: dict) -> dict:
                   "nca": config["nca"]["seed"],
                   "drawn_runs": {f"{u['kind']}/{u['segment']['id']}": u["run"] for u in units}},
         "versions": {"training": training["versions"], "report": backend.versions()},
-        "backend": _stage_records(timings, "backend"), "device": _stage_records(timings, "device"),
+        "backend": sorted({record.get("backend", "unknown") for record in timings}),
+        "device": sorted({_device_line(record) for record in timings}),
+        "stage_devices": stage_devices(timings), "devices_differ": devices_differ(timings),
         "wall_time_seconds": _stage_times(timings), "n_segments": len(segments),
         "data": data_record(ws, cache), "overrides": list(ws.overrides),
         "training": {"frame_sources": sorted(training["frame_sources"]), "tf32": training["tf32"],
@@ -153,27 +155,86 @@ def _prepared_cache_or_none(ws: Workspace):
         return None
 
 
-def _timing_records(ws: Workspace, cache) -> list[Path]:
-    """The wall-time records of every stage, each kept with what it made."""
+def _timing_records(ws: Workspace, cache, *, log=print) -> list[dict]:
+    """The wall-time records of every stage, each kept with what it made;
+    a damaged one is named in a log line and left out."""
     folders = [ws.synthetic_root, cache.path if cache is not None else None, ws.runs_dir, ws.couplings_dir,
                evaluation_dir(ws)]
-    return [path for folder in folders if folder is not None
-            for path in sorted((Path(folder) / "timings").glob("*.json"))]
+    records = []
+    for path in (path for folder in folders if folder is not None
+                 for path in sorted((Path(folder) / "timings").glob("*.json"))):
+        record, reason = _timing_record(path)
+        if reason is None:
+            records.append(record)
+        else:
+            log(f"report: leaving out the wall-time record {path}: {reason}")
+    return records
 
 
-def _stage_times(records: list[Path]) -> dict:
+def _timing_record(path: Path) -> tuple[dict | None, str | None]:
+    """``(record, None)`` for an intact wall-time record, ``(None, why)`` otherwise."""
+    reason = preflight.json_damage(path, ("stage", "seconds"))
+    if reason is not None:
+        return None, reason
+    record = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(record["stage"], str) or isinstance(record["seconds"], bool) \
+            or not isinstance(record["seconds"], (int, float)):
+        return None, "its stage is not a name or its seconds not a number"
+    return record, None
+
+
+def _stage_times(records: list[dict]) -> dict:
     """Wall time per stage, summed over shards and resumptions."""
     totals: dict[str, float] = {}
-    for path in records:
-        record = json.loads(path.read_text())
+    for record in records:
         totals[record["stage"]] = totals.get(record["stage"], 0.0) + record["seconds"]
     return {stage: round(seconds, 1) for stage, seconds in sorted(totals.items())}
 
 
+#: The stages in the order they run (the report lists their devices so).
+STAGE_ORDER = ("synth", "prepare", "train", "evaluate", "couplings")
 
-def _stage_records(records: list[Path], key: str) -> list[str]:
-    """The distinct values of ``key`` (backend, device) over the stages run."""
-    return sorted({json.loads(p.read_text()).get(key, "unknown") for p in records})
+
+def _device_line(record: dict) -> str:
+    """The device line of a wall-time record: its :func:`nca_np.backend.device_line`,
+    or, in a record written before those, its backend and device description."""
+    device = record.get("device")
+    if isinstance(device, dict) and isinstance(device.get("line"), str):
+        return device["line"]
+    if isinstance(device, str):
+        return device if record.get("backend") in (None, "numpy") else f"{device} ({record['backend']})"
+    return "unknown (not recorded)"
+
+
+def _device_key(record: dict) -> tuple:
+    return device_key(record.get("device")) if record.get("device") is not None else ("unknown",)
+
+
+def stage_devices(records: list[dict]) -> dict:
+    """``{stage: [{"shard", "line", "record"}]}``: where each shard of each
+    stage computed, stages in the order they run."""
+    order = {stage: position for position, stage in enumerate(STAGE_ORDER)}
+    devices: dict[str, list] = {}
+    for record in sorted(records, key=lambda r: (order.get(r["stage"], len(order)), r["stage"], r.get("shard", ""))):
+        device = record.get("device")
+        devices.setdefault(record["stage"], []).append(
+            {"shard": str(record.get("shard", "0of1")), "line": _device_line(record),
+             "record": device if isinstance(device, dict) else None,
+             **({"earlier_devices": record["earlier_devices"]} if record.get("earlier_devices") else {})})
+    return devices
+
+
+def devices_differ(records: list[dict]) -> str | None:
+    """None when every stage and shard computed on one kind of device;
+    otherwise what differs, in words."""
+    shards_apart = sorted({r["stage"] for r in records
+                           if len({_device_key(other) for other in records if other["stage"] == r["stage"]}) > 1
+                           or r.get("earlier_devices")})
+    if shards_apart:
+        return f"the shards or resumptions of {', '.join(shards_apart)} ran on different devices"
+    if len({_device_key(r) for r in records}) > 1:
+        return "the stages ran on different devices"
+    return None
 
 
 #: How the report names each source of test excerpts (see nca_np.data.excerpts).

@@ -3,7 +3,8 @@ written atomically.
 
 The folder holds:
 
-- ``report.md``: what was run, Tables 1–3, the figures, the metadata;
+- ``report.md``: what was run, how to read it, where each stage computed,
+  Tables 1–3, the figures, the metadata;
 - ``table1_tod_r.csv``, ``table2_snr_model.csv``, ``table3_snr_true.csv``
   and ``tables.json`` (the :func:`~nca_np.report.tables.summarise` dict);
 - ``metadata.json`` (the caller's metadata, verbatim);
@@ -59,7 +60,11 @@ def write_report(out_dir, *, units, kinds, strategies, histories, linear_composi
         metadata: JSON-able dict, written verbatim to metadata.json and
             listed in report.md; its ``profile`` (or ``config.profile.name``)
             and ``corpus`` (or ``config.data.corpus``) name the run in the
-            report's opening paragraph.
+            report's opening paragraph; its ``stage_devices`` (``{stage:
+            [{"shard", "line", "record"}]}``) and ``devices_differ`` (None or
+            what differs), as :mod:`nca_np.report.stage` gathers them from
+            the stages' wall-time records, become the report's device lines,
+            one per stage (none without them).
         dpi: resolution of the PNG figures.
         hop: the STFT hop (samples), for Figure 3's time axis in seconds.
         separation: None (no separation section), or ``{"units": [...],
