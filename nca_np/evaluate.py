@@ -256,9 +256,10 @@ def evaluate_stage(ws, *, musdb_root=None, shard=None, kinds=None, wiener_iterat
         + [(baseline_path(ws, *unit), baseline_damage, ()) for unit in references], log=log)
     todo = [unit for unit in units if not unit_path(ws, *unit, wiener_iterations).exists()]
     todo_references = [unit for unit in references if not baseline_path(ws, *unit).exists()]
-    done = len(units) + len(references) - len(todo) - len(todo_references)
-    log(f"evaluate: {len(units)} (model, run, track) units{_wiener_text(wiener_iterations)} and {len(references)} "
-        f"(baseline, track) units in this shard, {done} already done")
+    log(f"evaluate: {len(units)} (model, run, track) units{_wiener_text(wiener_iterations)} in this shard, "
+        f"{len(units) - len(todo)} already done")
+    log(f"evaluate: {len(references)} (baseline, track) units in this shard, "
+        f"{len(references) - len(todo_references)} already done")
     if not todo and not todo_references:
         return
     if todo:
