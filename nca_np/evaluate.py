@@ -583,6 +583,7 @@ def _consistent(ws, tracks: dict, units: list, notes=()) -> dict:
     notes = list(notes)
     if failed:
         first = failed[0]
-        notes.insert(0, f"{len(failed)} of {len(units)} evaluation units failed and are left out of the table "
+        models = sum(1 for unit in units if "baseline" not in unit)
+        notes.insert(0, f"{len(failed)} of {models} evaluation units failed and are left out of the table "
                         f"(e.g. {first['kind']} run {first['run']} on {first['track']!r}: {first['failed']})")
     return {"units": scored, "failed": failed, "note": "; ".join(notes) + "." if notes else None}

@@ -176,8 +176,9 @@ def scale_text(table: dict) -> str | None:
     placed = ", ".join(f"{name} {value:.2f} dB ({100 * (value - low) / span:.0f} %)" if span > 0 and value is not None
                        else f"{name} {'–' if value is None else f'{value:.2f} dB'}" for name, value in models)
     text = (f"**On the scale of the baselines** (vocals SDR, medians): the mixture as the estimate scores "
-            f"{low:.2f} dB and the oracle ideal ratio mask {high:.2f} dB; the models' mono estimates score "
-            f"{placed}, the percentage being how far each sits from the mixture (0 %) towards the oracle (100 %).")
+            f"{low:.2f} dB and the oracle ideal ratio mask {high:.2f} dB"
+            + (f"; the models' mono estimates score {placed}, the percentage being how far each sits from the "
+               "mixture (0 %) towards the oracle (100 %)." if models else "; no model was scored."))
     mono = _vocals_sdr(table, "oracle-irm", None, "mono")
     if mono is not None:
         text += (f" Mono output costs the oracle {high - mono:.2f} dB (stereo {high:.2f} dB − mono {mono:.2f} dB): "
