@@ -179,3 +179,23 @@ def test_relative_curve_divides_the_losses_by_the_norm_of_v():
                                                      {"iteration": 2, "relative_error": 0.5}]}
     assert figures.relative_curve(fit) == [2.0, 1.0, 0.5]  # ‖V‖₁ = 8 / 2 = 4
     assert figures.relative_curve({"losses": [1.0], "trajectory": []}) == []
+
+
+def test_the_sdr_axis_spans_a_few_db_and_takes_in_the_baselines(tmp_path):
+    """SDRs 0.1 dB apart do not fill the plot: the axis spans at least
+    MIN_SDR_SPAN_DB, and reaches the baselines' levels when given."""
+    from matplotlib.figure import Figure
+
+    axis = Figure().subplots()
+    figures._sdr_limits(axis, [2.0, 2.1])
+    low, high = axis.get_ylim()
+    assert high - low == pytest.approx(figures.MIN_SDR_SPAN_DB) and low < 2.0 and high > 2.1
+    figures._sdr_limits(axis, [2.0, 2.1, -14.0, 6.5])
+    low, high = axis.get_ylim()
+    assert low < -14.0 and high > 6.5 and high - low < 1.2 * 20.5
+    sdr = {kind: [2.0, 2.1] for kind in MODELS}
+    tod_r = {"NCA student": {kind: [0.9, 1.1] for kind in MODELS}}
+    figures.plot_sdr_vs_tod_r(tmp_path / "sdr.png", sdr, tod_r, MODELS, dpi=TEST_DPI,
+                              run_sdr={kind: [2.0, 2.1] for kind in MODELS},
+                              baselines={"Mixture (baseline)": -14.0, "Oracle IRM stereo (baseline)": 6.5})
+    assert (tmp_path / "sdr.png").read_bytes().startswith(PNG_SIGNATURE)
