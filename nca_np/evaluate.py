@@ -528,16 +528,22 @@ def report_inputs(ws) -> dict:
     if problem:
         return {"units": [], "failed": [], "note": f"{problem}. {hint} (every shard): it computes them again."}
     units = [json.loads(path.read_text(encoding="utf-8")) for path, _ in checks]
+    versions = {str(unit["code_version"]) for unit in units}
     notes = []
     for iterations in wiener_settings(ws):
         paths = [(unit_path(ws, *unit, iterations), unit_damage)
                  for unit in evaluation_units(ws.config, tracks["tracks"])]
         problem = _incomplete(paths)
+        filtered = [] if problem else [json.loads(path.read_text(encoding="utf-8")) for path, _ in paths]
+        if not problem and ({u["cache_key"] for u in filtered} != {tracks["cache_key"]}
+                            or {str(u["code_version"]) for u in filtered} != versions):
+            problem = "they were made by another code version or from another feature cache"
         if problem:
             notes.append(f"the rows with {iterations} Wiener iteration(s) are left out: {problem} "
-                         f"(`nca-np evaluate --wiener-iterations {iterations}` computes them)")
+                         f"(`nca-np evaluate --wiener-iterations {iterations}` computes them; delete "
+                         f"{evaluation_dir(ws) / f'wiener-{iterations}'} first when they are out of date)")
         else:
-            units += [json.loads(path.read_text(encoding="utf-8")) for path, _ in paths]
+            units += filtered
     return _consistent(ws, tracks, units, notes)
 
 
