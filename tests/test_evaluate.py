@@ -175,3 +175,35 @@ def test_report_inputs_give_units_only_when_complete_and_consistent(tmp_path):
         key=str)
     evaluate.baseline_path(ws, "oracle-irm", tracks[1]).write_text("{")
     assert "oracle-irm/t00001.json is damaged (not valid JSON" in report_inputs(ws)["note"]
+
+
+def test_wiener_rows_join_only_when_complete_and_of_the_same_code(tmp_path):
+    config = load_profile(str(PROFILE), ["train.kinds=['sf']", "train.runs=2"])
+    ws = Workspace(tmp_path, config)
+    tracks = [{"index": 0, "name": "A - One"}]
+    directory = evaluate.evaluation_dir(ws)
+    directory.mkdir(parents=True)
+    (directory / evaluate.TRACKS).write_text(json.dumps({"cache_key": "k", "tracks": tracks}))
+    for unit in evaluate.evaluation_units(config, tracks):
+        write_unit(ws, *unit)
+    for name, entry in evaluate.baseline_units(tracks):
+        write_baseline(ws, name, entry)
+
+    def write_filtered(kind, run, entry, code_version="v"):
+        path = evaluate.unit_path(ws, kind, run, entry, 2)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"kind": kind, "run": run, "track": entry["name"], "cache_key": "k",
+                                    "code_version": code_version, "scores": constant_scores(3.0),
+                                    "wiener_iterations": 2, "estimate": "stereo"}))
+
+    write_filtered("sf", 0, tracks[0])
+    found = report_inputs(ws)
+    assert len(found["units"]) == 2 * 2 + 1 + 2  # the rows without Wiener filtering are kept
+    assert "the rows with 2 Wiener iteration(s) are left out: 1 of 2 evaluation units are missing" in found["note"]
+    write_filtered("sf", 1, tracks[0], code_version="w")
+    assert "made by another code version" in report_inputs(ws)["note"]
+    write_filtered("sf", 1, tracks[0])
+    found = report_inputs(ws)
+    filtered = [u for u in found["units"] if u["wiener_iterations"] == 2]
+    assert found["note"] is None and len(filtered) == 2
+    assert all(u["estimate"] == "stereo" and u["scores"]["vocals"]["SDR"] == 3.0 for u in filtered)
