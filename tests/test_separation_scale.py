@@ -132,13 +132,12 @@ def test_musdb_root_under_the_builtin_corpus_is_used_and_named(evaluated, tmp_pa
     assert [entry["name"] for entry in manifest["test"]] == ["Artist 0 - Song"]
     assert not (work / "data").exists()
 
-    from nca_np.config import load_profile as load
     from nca_np.report.stage import audio_description
     from nca_np.workspace import Workspace, open_prepared_cache
 
-    ws = Workspace(work, load(str(PROFILE)))
+    ws = Workspace(work, load_profile(str(PROFILE)))
     assert audio_description(ws, open_prepared_cache(ws)) == "a MUSDB18-HQ tree (.wav)"
-    builtin = Workspace(evaluated[0], load(str(PROFILE)))
+    builtin = Workspace(evaluated[0], load_profile(str(PROFILE)))
     assert audio_description(builtin, open_prepared_cache(builtin)) == "the built-in synthetic corpus"
 
 
