@@ -40,7 +40,7 @@ from .models import kind_names
 from .plan import plan
 from .report import report_stage
 from .separate import Options, Separator, find_run, last_trained_run, resolve_run, separate_files
-from .workspace import Shard, Workspace
+from .workspace import Shard, Workspace, bars_can_draw
 
 STAGE_HELP = {
     "synth": "generate the built-in synthetic corpus (used by the demo profile)",
@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("train", "couplings", "evaluate"):
             sub.add_argument("--kinds", nargs="+", choices=kind_names(), default=None,
                              help="only these models")
+        if name == "evaluate":
+            sub.add_argument("--wiener-iterations", type=int, default=0, metavar="N",
+                             help="score the models' stereo estimates refined by N multichannel Wiener filter "
+                                  "iterations, kept beside the unfiltered scores (the report shows both); "
+                                  "default 0: no filter")
         if name == "train":
             sub.add_argument("--runs", nargs="+", type=int, default=None, help="only these run numbers")
         if name == "reproduce":
@@ -235,7 +240,7 @@ def run(args) -> int:
     print(backend.device_line(), flush=True)  # first, so a run on the CPU is never silent
     config = load_profile(args.profile or os.environ.get("NCA_NP_PROFILE", "paper"), args.overrides)
     ws = Workspace(args.workdir.resolve(), config, tuple(args.overrides))
-    progress = not args.quiet and sys.stderr.isatty()
+    progress = not args.quiet and bars_can_draw()
     shard = Shard.parse(_shard_text(args))
     _HELD.enter_context(_work_folder_lock(args, shard))
     started = time.perf_counter()
@@ -248,7 +253,8 @@ def run(args) -> int:
     elif args.command == "couplings":
         couplings_stage(ws, shard=shard, kinds=args.kinds, progress=progress, log=_log)
     elif args.command == "evaluate":
-        evaluate_stage(ws, musdb_root=args.musdb_root, shard=shard, kinds=args.kinds, progress=progress, log=_log)
+        evaluate_stage(ws, musdb_root=args.musdb_root, shard=shard, kinds=args.kinds,
+                       wiener_iterations=args.wiener_iterations, progress=progress, log=_log)
     elif args.command == "separate":
         _separate(args, ws, progress)
     elif args.command == "explain":

@@ -25,6 +25,24 @@ and counts it in its note. The stage needs the audio: on a machine with
 only the feature cache it stops with one line (:class:`EvaluationUnavailable`),
 ``reproduce`` goes on without it and the report leaves the table out with a
 note.
+
+Beside the models' mono estimates (the paper's systems, scored on every
+channel) each model unit also scores the stereo estimate: the mask of the
+mono estimate applied to every channel of the mixture
+(:meth:`nca_np.separate.Separator.separate` on the stereo excerpt). With
+``--wiener-iterations N`` (N > 0) the stage scores the stereo estimates
+refined by N iterations of the multichannel Wiener filter instead, in units
+of their own (``wiener-N/<kind>/run_NN/tNNNNN.json``), so one evaluation
+folder holds both. Two baselines give the scores a scale
+(:mod:`nca_np.baselines`, docs/method.md#separating-a-song), one unit per
+(baseline, test track), resumable and damage-checked like the models'::
+
+    evaluation/<profile>-<train hash>/baselines/<name>/tNNNNN.json
+
+the mixture as the estimate, and the oracle ideal ratio mask from the true
+stems on the models' STFT, per channel (``scores``) and on the channel
+average, upmixed as the models' mono estimates are (``mono``): their
+difference is what mono output costs a mask-based separator.
 """
 
 from __future__ import annotations
@@ -35,12 +53,12 @@ from pathlib import Path
 
 import numpy
 
-from . import backend, preflight
+from . import backend, baselines, preflight
 from .atomic import write_json
 from .audio import AUDIO_INSTALL, audio_module
 from .data import musdb_io
-from .errors import DataError
-from .features import stft_magnitude
+from .errors import DataError, UserError
+from .features import stft_magnitude, to_mono
 from .separate import Separator
 from .train import recorded_health
 from .workspace import (Shard, code_version, open_prepared_cache, record_time, require_trained, run_seed,
@@ -72,8 +90,25 @@ def evaluation_units(config: dict, test_entries: list, kinds=None) -> list[tuple
     return [(kind, run, entry) for kind, run in training_units(config, kinds) for entry in test_entries]
 
 
-def unit_path(ws, kind: str, run: int, entry: dict) -> Path:
-    return evaluation_dir(ws) / kind / f"run_{run:02d}" / f"t{entry['index']:05d}.json"
+def unit_path(ws, kind: str, run: int, entry: dict, wiener_iterations: int = 0) -> Path:
+    """A model unit's file; with Wiener filtering, under ``wiener-N/``."""
+    folder = evaluation_dir(ws) / (f"wiener-{wiener_iterations}" if wiener_iterations else "")
+    return folder / kind / f"run_{run:02d}" / f"t{entry['index']:05d}.json"
+
+
+def baseline_units(test_entries: list) -> list[tuple[str, dict]]:
+    """Every (baseline, test entry), by baseline (:data:`nca_np.baselines.NAMES` order), then track."""
+    return [(name, entry) for name in baselines.NAMES for entry in test_entries]
+
+
+def baseline_path(ws, name: str, entry: dict) -> Path:
+    return evaluation_dir(ws) / "baselines" / name / f"t{entry['index']:05d}.json"
+
+
+def wiener_settings(ws) -> list[int]:
+    """The Wiener iteration counts evaluated so far (folders ``wiener-N``), sorted."""
+    found = [p.name[len("wiener-"):] for p in evaluation_dir(ws).glob("wiener-*") if p.is_dir()]
+    return sorted(int(n) for n in found if n.isdigit() and int(n) > 0)
 
 
 # ---------------------------------------------------------------- scores
@@ -191,64 +226,114 @@ def _excerpt(cache, entry: dict, ref):
 # ---------------------------------------------------------------- the stage
 
 
-def evaluate_stage(ws, *, musdb_root=None, shard=None, kinds=None, progress=True, log=print) -> None:
-    """Separate and score every (kind, run, test track) unit of this shard not done yet.
+def evaluate_stage(ws, *, musdb_root=None, shard=None, kinds=None, wiener_iterations: int = 0, progress=True,
+                   log=print) -> None:
+    """Separate and score every (kind, run, test track) unit and every
+    (baseline, test track) unit of this shard not done yet.
 
-    A unit file found damaged is named and computed again; ``tracks.json``
-    is written again when missing or damaged. A unit that cannot be scored
-    (a dead run, museval failing on its excerpt) is written as failed, with
-    the reason (``failed``), and counts as done.
+    ``wiener_iterations`` N > 0 scores the models' stereo estimates refined
+    by N Wiener iterations, in units of their own (the baselines are the
+    same either way). A unit file found damaged is named and computed
+    again; ``tracks.json`` is written again when missing or damaged. A unit
+    that cannot be scored (a dead run, museval failing on its excerpt) is
+    written as failed, with the reason (``failed``), and counts as done.
 
     Raises:
         EvaluationUnavailable: the test audio, museval or ffmpeg is missing here.
-        UserError: runs not trained, audio that differs from the prepared features.
+        UserError: runs not trained, audio that differs from the prepared
+            features, a negative ``wiener_iterations``.
     """
+    if wiener_iterations < 0:
+        raise UserError(f"--wiener-iterations must be 0 or more, got {wiener_iterations}")
     shard = shard or Shard()
-    config = ws.config
     cache = open_prepared_cache(ws)
-    units = shard.select(evaluation_units(config, cache.manifest["test"], kinds))
+    units = shard.select(evaluation_units(ws.config, cache.manifest["test"], kinds))
+    references = shard.select(baseline_units(cache.manifest["test"]))
     if evaluation_dir(ws).is_dir():
         _record_tracks(ws, cache, log)
-    preflight.discard_damaged(((unit_path(ws, *unit), unit_damage, ()) for unit in units), log=log)
-    todo = [unit for unit in units if not unit_path(ws, *unit).exists()]
-    log(f"evaluate: {len(units)} (model, run, track) units in this shard, {len(units) - len(todo)} already done")
-    if not todo:
+    preflight.discard_damaged(
+        [(unit_path(ws, *unit, wiener_iterations), unit_damage, ()) for unit in units]
+        + [(baseline_path(ws, *unit), baseline_damage, ()) for unit in references], log=log)
+    todo = [unit for unit in units if not unit_path(ws, *unit, wiener_iterations).exists()]
+    todo_references = [unit for unit in references if not baseline_path(ws, *unit).exists()]
+    log(f"evaluate: {len(units)} (model, run, track) units{_wiener_text(wiener_iterations)} in this shard, "
+        f"{len(units) - len(todo)} already done")
+    log(f"evaluate: {len(references)} (baseline, track) units in this shard, "
+        f"{len(references) - len(todo_references)} already done")
+    if not todo and not todo_references:
         return
-    require_trained(ws, {(kind, run) for kind, run, _ in todo}, "evaluate")
+    if todo:
+        require_trained(ws, {(kind, run) for kind, run, _ in todo}, "evaluate")
     refs = _test_tracks(cache, _audio_root(ws, cache, musdb_root))
     _record_tracks(ws, cache, log)
-    record = {"cache_key": cache.key, "code_version": code_version(), "window_seconds": WINDOW_SECONDS,
-              "mode": MODE, "versions": backend.versions("museval", "scipy", "soundfile")}
-    module = backend.xp()
     started = time.perf_counter()
-    excerpt = None
     try:
-        # by track, so each excerpt is read once
-        for kind, run, entry in unit_bar(sorted(todo, key=lambda u: u[2]["index"]), "evaluate", progress):
-            if excerpt is None or excerpt.name != entry["name"]:
-                excerpt = _excerpt(cache, entry, refs[entry["name"]])
-            unit = evaluate_unit(ws, kind, run, entry, excerpt, module=module, record=record)
-            log(_unit_line(unit))
+        _evaluate_units(ws, cache, refs, todo, todo_references, wiener_iterations, progress, log)
     finally:
         record_time(evaluation_dir(ws), "evaluate", shard, time.perf_counter() - started)
 
 
+def _wiener_text(wiener_iterations: int) -> str:
+    return f" (stereo, Wiener filter {wiener_iterations} iteration(s))" if wiener_iterations else ""
+
+
+def _evaluate_units(ws, cache, refs, todo, todo_references, wiener_iterations, progress, log) -> None:
+    """The units to do, track by track, so that each excerpt is read once."""
+    record = {"cache_key": cache.key, "code_version": code_version(), "window_seconds": WINDOW_SECONDS,
+              "mode": MODE, "versions": backend.versions("museval", "scipy", "soundfile")}
+    module = backend.xp()
+    work = [("model", unit) for unit in todo] + [("baseline", unit) for unit in todo_references]
+    excerpt = None
+    for group, unit in unit_bar(sorted(work, key=lambda w: w[1][-1]["index"]), "evaluate", progress):
+        entry = unit[-1]
+        if excerpt is None or excerpt.name != entry["name"]:
+            excerpt = _excerpt(cache, entry, refs[entry["name"]])
+        if group == "model":
+            done = evaluate_unit(ws, *unit, excerpt, module=module, record=record,
+                                 wiener_iterations=wiener_iterations)
+        else:
+            done = evaluate_baseline(ws, *unit, excerpt, cache.settings, record=record)
+        log(_unit_line(done))
+
+
 #: What every unit file holds, scored or failed.
 UNIT_KEYS = ("kind", "run", "track", "cache_key", "code_version")
+#: What every baseline unit file holds.
+BASELINE_KEYS = ("baseline", "track", "cache_key", "code_version", "scores")
+
+
+def _lacks_scores(record) -> bool:
+    scores = record.get("scores") if isinstance(record, dict) else None
+    return not isinstance(scores, dict) or any(not isinstance(scores.get(t), dict) for t in TARGETS)
 
 
 def unit_damage(path) -> str | None:
     """Why an evaluation unit file cannot count as done (None: it can): not
-    JSON, keys missing, or neither scores nor a failure recorded."""
+    JSON, keys missing, or neither scores nor a failure recorded; a unit
+    without Wiener filtering also needs its stereo scores."""
     reason = preflight.json_damage(path, UNIT_KEYS)
     if reason is not None:
         return reason
     unit = json.loads(Path(path).read_text(encoding="utf-8"))
     if "failed" in unit:
         return None
-    scores = unit.get("scores")
-    if not isinstance(scores, dict) or any(not isinstance(scores.get(t), dict) for t in TARGETS):
+    if _lacks_scores(unit):
         return "lacks scores"
+    if not unit.get("wiener_iterations") and _lacks_scores(unit.get("stereo")):
+        return "lacks the stereo estimate's scores"
+    return None
+
+
+def baseline_damage(path) -> str | None:
+    """Why a baseline unit file cannot count as done (None: it can)."""
+    reason = preflight.json_damage(path, BASELINE_KEYS)
+    if reason is not None:
+        return reason
+    unit = json.loads(Path(path).read_text(encoding="utf-8"))
+    if _lacks_scores(unit):
+        return "lacks scores"
+    if unit["baseline"] == "oracle-irm" and _lacks_scores(unit.get("mono")):
+        return "lacks the mono oracle's scores"
     return None
 
 
@@ -285,29 +370,46 @@ def _record_tracks(ws, cache, log=None) -> None:
     write_json(path, tracks)
 
 
-def evaluate_unit(ws, kind: str, run: int, entry: dict, excerpt, *, module=None, record=None) -> dict:
+def evaluate_unit(ws, kind: str, run: int, entry: dict, excerpt, *, module=None, record=None,
+                  wiener_iterations: int = 0) -> dict:
     """Separate one excerpt with one run, score it, write the unit file; returns the unit.
 
-    A unit that cannot be scored is written with ``failed`` (the reason) in
-    place of ``scores`` and ``frames``: a dead run (recorded by training, or
-    an all-zero estimate of this excerpt), or museval failing on it.
+    Without Wiener filtering ``scores`` and ``frames`` are the mono
+    estimate's (put on every channel) and ``stereo`` holds the stereo
+    estimate's; with it (``wiener_iterations`` > 0) they are the filtered
+    stereo estimate's. A unit that cannot be scored is written with
+    ``failed`` (the reason) in their place: a dead run (recorded by
+    training, or an all-zero estimate of this excerpt), or museval failing.
     """
     started = time.perf_counter()
     unit = {**(record or {}), "kind": kind, "run": run, "model_seed": run_seed(ws.config, run),
-            "track": entry["name"], "track_index": entry["index"],
-            "excerpt": {key: entry[key] for key in ("start_s", "end_s", "source", "start_sample", "n_samples")},
-            "sample_rate": excerpt.sample_rate, "channels": int(excerpt.references["vocals"].shape[1])}
+            **_excerpt_record(entry, excerpt), "wiener_iterations": wiener_iterations,
+            "estimate": "stereo" if wiener_iterations else "mono"}
     try:
-        unit.update(_scores(ws, kind, run, entry, excerpt, module))
+        unit.update(_scores(ws, kind, run, entry, excerpt, module, wiener_iterations))
     except UnitFailed as exc:
         unit["failed"] = str(exc)
     unit["seconds"] = time.perf_counter() - started
-    write_json(unit_path(ws, kind, run, entry), unit)
+    write_json(unit_path(ws, kind, run, entry, wiener_iterations), unit)
     return unit
 
 
-def _scores(ws, kind: str, run: int, entry: dict, excerpt, module) -> dict:
-    """``{"scores", "frames"}`` of one run on one excerpt.
+def _excerpt_record(entry: dict, excerpt) -> dict:
+    return {"track": entry["name"], "track_index": entry["index"],
+            "excerpt": {key: entry[key] for key in ("start_s", "end_s", "source", "start_sample", "n_samples")},
+            "sample_rate": excerpt.sample_rate, "channels": int(excerpt.references["vocals"].shape[1])}
+
+
+def _stereo_mixture(excerpt) -> numpy.ndarray:
+    """The excerpt's ``(n, channels)`` mixture as read."""
+    if excerpt.channels is None:
+        raise DataError(f"the excerpt of {excerpt.name!r} holds only its mono mixture")
+    return numpy.asarray(excerpt.channels, dtype=numpy.float32)
+
+
+def _scores(ws, kind: str, run: int, entry: dict, excerpt, module, wiener_iterations: int = 0) -> dict:
+    """``{"scores", "frames"}`` of one run on one excerpt (and ``stereo``
+    without Wiener filtering; see :func:`evaluate_unit`).
 
     Raises:
         UnitFailed: a dead run, or museval failing on this excerpt.
@@ -316,8 +418,21 @@ def _scores(ws, kind: str, run: int, entry: dict, excerpt, module) -> dict:
     health = recorded_health(run_dir)
     if health is not None and health.get("dead"):
         raise UnitFailed(f"the run is dead ({health.get('reason')}): it separates nothing")
-    vocals, accompaniment = Separator.from_run(run_dir, module=module).separate(excerpt.mixture,
-                                                                                excerpt.sample_rate)
+    separator = Separator.from_run(run_dir, module=module)
+    stereo = separator.separate(_stereo_mixture(excerpt), excerpt.sample_rate, wiener_iterations=wiener_iterations)
+    if wiener_iterations:
+        return _scored(stereo, excerpt, entry)
+    mono = separator.separate(excerpt.mixture, excerpt.sample_rate)
+    return {**_scored(mono, excerpt, entry), "stereo": _scored(stereo, excerpt, entry)}
+
+
+def _scored(estimate: tuple, excerpt, entry: dict) -> dict:
+    """``{"scores", "frames"}`` of a ``(vocals, accompaniment)`` estimate.
+
+    Raises:
+        UnitFailed: an all-zero vocals estimate, or museval failing.
+    """
+    vocals, accompaniment = estimate
     if not numpy.any(vocals):
         raise UnitFailed("the run's vocals estimate of this excerpt is all zeros (a dead network): "
                          "BSS Eval cannot score silence")
@@ -332,13 +447,48 @@ def _scores(ws, kind: str, run: int, entry: dict, excerpt, module) -> dict:
             "frames": {target: scores[target]["frames"] for target in TARGETS}}
 
 
+def evaluate_baseline(ws, name: str, entry: dict, excerpt, settings, *, record=None) -> dict:
+    """Score one baseline on one excerpt, write its unit file; returns the unit.
+
+    ``scores``/``frames``: the baseline on every channel of the mixture
+    (:func:`nca_np.baselines.estimates`); the oracle also gets ``mono``:
+    the oracle of the channel averages, upmixed as the models' mono
+    estimates are. museval failing here is an error (a baseline has no
+    dead network to blame).
+    """
+    started = time.perf_counter()
+    unit = {**(record or {}), "baseline": name, **_excerpt_record(entry, excerpt)}
+    mixture = _stereo_mixture(excerpt)
+    try:
+        unit.update(_scored(_pair(baselines.estimates(name, mixture, excerpt.references, settings)), excerpt, entry))
+        if name == "oracle-irm":
+            stems = {t: to_mono(excerpt.references[t]) for t in TARGETS}
+            unit["mono"] = _scored(_pair(baselines.estimates(name, excerpt.mixture, stems, settings)), excerpt, entry)
+    except UnitFailed as exc:
+        raise DataError(f"baseline {name}: {exc}") from exc
+    unit["seconds"] = time.perf_counter() - started
+    write_json(baseline_path(ws, name, entry), unit)
+    return unit
+
+
+def _pair(estimates: dict) -> tuple:
+    return estimates["vocals"], estimates["accompaniment"]
+
+
 def _unit_line(unit: dict) -> str:
-    where = f"evaluate {unit['kind']} run {unit['run']} {unit['track']}"
+    if "baseline" in unit:
+        where = f"evaluate baseline {unit['baseline']} {unit['track']}"
+    else:
+        where = f"evaluate {unit['kind']} run {unit['run']} {unit['track']}"
     if "failed" in unit:
         return f"warning: {where} failed: {unit['failed']}"
     vocals, accompaniment = unit["scores"]["vocals"], unit["scores"]["accompaniment"]
-    return (f"{where}: vocals SDR {vocals['SDR']:.2f} dB "
+    line = (f"{where}: vocals SDR {vocals['SDR']:.2f} dB "
             f"(SIR {vocals['SIR']:.2f}, SAR {vocals['SAR']:.2f}), accompaniment SDR {accompaniment['SDR']:.2f} dB")
+    other = unit.get("stereo") or unit.get("mono")
+    if other:
+        line += f"; {'stereo' if 'stereo' in unit else 'mono'} vocals SDR {other['scores']['vocals']['SDR']:.2f} dB"
+    return line
 
 
 # ---------------------------------------------------------------- for the report
@@ -351,11 +501,16 @@ def report_inputs(ws) -> dict:
     Reads only the evaluation folder (no cache, no audio) and never fails on
     what it finds there: a damaged ``tracks.json`` or unit file is named in
     the note and skipped. The scored units are given only when every
-    expected unit exists intact and all were made from one feature cache by
-    one code version; otherwise ``units`` is empty and ``note`` says why the
-    table is left out. ``failed`` holds the units recorded as failed (a dead
-    run, museval failing on an excerpt: ``kind``, ``run``, ``track``,
-    ``failed``); they are left out of the table and counted in the note.
+    expected unit (every model's and every baseline's) exists intact and all
+    were made from one feature cache by one code version; otherwise
+    ``units`` is empty and ``note`` says why the table is left out. Each
+    unit of ``units`` is one row's score of one excerpt (:func:`row_units`):
+    ``estimate`` ("mono" or "stereo"), ``wiener_iterations`` and either
+    ``kind`` and ``run`` or ``baseline``. The units of a Wiener setting are
+    added when all of them are there (else the note says which are missing).
+    ``failed`` holds the units recorded as failed (a dead run, museval
+    failing on an excerpt: ``kind``, ``run``, ``track``, ``failed``); they
+    are left out of the table and counted in the note.
     """
     hint = ("`nca-np evaluate` separates the test excerpts and scores them; it reads their audio, so run it "
             "where the dataset is")
@@ -367,23 +522,59 @@ def report_inputs(ws) -> dict:
         return {"units": [], "failed": [], "note": f"{tracks_path} is damaged ({damage}); `nca-np evaluate` "
                                                    "writes it again."}
     tracks = json.loads(tracks_path.read_text(encoding="utf-8"))
-    paths = [unit_path(ws, *unit) for unit in evaluation_units(ws.config, tracks["tracks"])]
-    missing = sum(1 for path in paths if not path.exists())
-    damaged = [(path, reason) for path in paths if path.exists() and (reason := unit_damage(path)) is not None]
-    if missing or damaged:
-        named = "; ".join(f"{path} is damaged ({reason})" for path, reason in damaged[:3])
-        what = [f"{missing} of {len(paths)} evaluation units are missing"] if missing else []
-        what += [f"{len(damaged)} of {len(paths)} are damaged ({named}{' …' if len(damaged) > 3 else ''})"
-                 if damaged else ""]
-        return {"units": [], "failed": [],
-                "note": f"{'; '.join(w for w in what if w)}. {hint} (every shard): it computes them again."}
-    units = [json.loads(path.read_text(encoding="utf-8")) for path in paths]
-    return _consistent(ws, tracks, units)
+    checks = ([(unit_path(ws, *unit), unit_damage) for unit in evaluation_units(ws.config, tracks["tracks"])]
+              + [(baseline_path(ws, *unit), baseline_damage) for unit in baseline_units(tracks["tracks"])])
+    problem = _incomplete(checks)
+    if problem:
+        return {"units": [], "failed": [], "note": f"{problem}. {hint} (every shard): it computes them again."}
+    units = [json.loads(path.read_text(encoding="utf-8")) for path, _ in checks]
+    versions = {str(unit["code_version"]) for unit in units}
+    notes = []
+    for iterations in wiener_settings(ws):
+        paths = [(unit_path(ws, *unit, iterations), unit_damage)
+                 for unit in evaluation_units(ws.config, tracks["tracks"])]
+        problem = _incomplete(paths)
+        filtered = [] if problem else [json.loads(path.read_text(encoding="utf-8")) for path, _ in paths]
+        if not problem and ({u["cache_key"] for u in filtered} != {tracks["cache_key"]}
+                            or {str(u["code_version"]) for u in filtered} != versions):
+            problem = "they were made by another code version or from another feature cache"
+        if problem:
+            notes.append(f"the rows with {iterations} Wiener iteration(s) are left out: {problem} "
+                         f"(`nca-np evaluate --wiener-iterations {iterations}` computes them; delete "
+                         f"{evaluation_dir(ws) / f'wiener-{iterations}'} first when they are out of date)")
+        else:
+            units += filtered
+    return _consistent(ws, tracks, units, notes)
 
 
-def _consistent(ws, tracks: dict, units: list) -> dict:
+def _incomplete(checks) -> str | None:
+    """What is missing or damaged among ``(path, damage)`` pairs (None: nothing)."""
+    missing = sum(1 for path, _ in checks if not path.exists())
+    damaged = [(path, reason) for path, damage in checks if path.exists() and (reason := damage(path)) is not None]
+    if not missing and not damaged:
+        return None
+    named = "; ".join(f"{path} is damaged ({reason})" for path, reason in damaged[:3])
+    what = [f"{missing} of {len(checks)} evaluation units are missing"] if missing else []
+    what += [f"{len(damaged)} of {len(checks)} are damaged ({named}{' …' if len(damaged) > 3 else ''})"
+             if damaged else ""]
+    return "; ".join(w for w in what if w)
+
+
+def row_units(unit: dict) -> list[dict]:
+    """The scores of one unit file as one unit per table row: a model unit
+    without Wiener filtering gives its mono and its stereo estimate; the
+    oracle baseline gives its stereo and its mono oracle."""
+    first = {**{k: v for k, v in unit.items() if k not in ("stereo", "mono")},
+             "estimate": unit.get("estimate") or ("stereo" if "baseline" in unit else "mono"),
+             "wiener_iterations": int(unit.get("wiener_iterations") or 0)}
+    return [first] + [{**first, **unit[name], "estimate": name} for name in ("stereo", "mono")
+                      if isinstance(unit.get(name), dict)]
+
+
+def _consistent(ws, tracks: dict, units: list, notes=()) -> dict:
     """:func:`report_inputs`' answer for intact units: refused when they mix
-    caches or code versions, else the scored ones and the failed ones."""
+    caches or code versions, else the scored ones (one per row,
+    :func:`row_units`) and the failed ones."""
     if {unit["cache_key"] for unit in units} != {tracks["cache_key"]}:
         return {"units": [], "failed": [], "note": f"the evaluation results in {evaluation_dir(ws)} were made "
                                                    "from another feature cache; delete them and run "
@@ -394,10 +585,11 @@ def _consistent(ws, tracks: dict, units: list) -> dict:
                                                    f"({', '.join(versions)}); delete {evaluation_dir(ws)} and "
                                                    "run `nca-np evaluate` again."}
     failed = [{key: unit[key] for key in ("kind", "run", "track", "failed")} for unit in units if "failed" in unit]
-    scored = [unit for unit in units if "failed" not in unit]
-    note = None
+    scored = [row for unit in units if "failed" not in unit for row in row_units(unit)]
+    notes = list(notes)
     if failed:
         first = failed[0]
-        note = (f"{len(failed)} of {len(units)} evaluation units failed and are left out of the table (e.g. "
-                f"{first['kind']} run {first['run']} on {first['track']!r}: {first['failed']}).")
-    return {"units": scored, "failed": failed, "note": note}
+        models = sum(1 for unit in units if "baseline" not in unit)
+        notes.insert(0, f"{len(failed)} of {models} evaluation units failed and are left out of the table "
+                        f"(e.g. {first['kind']} run {first['run']} on {first['track']!r}: {first['failed']})")
+    return {"units": scored, "failed": failed, "note": "; ".join(notes) + "." if notes else None}

@@ -31,6 +31,7 @@ live in their own modules — :mod:`nca_np.evaluate`, :mod:`nca_np.couplings`,
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -77,6 +78,7 @@ def synth_stage(ws: Workspace, *, log=print) -> Path:
 def prepare_stage(ws: Workspace, *, musdb_root=None, progress=True, log=print) -> Path:
     """Features, scaler, cut list (reads audio). The built-in corpus is
     generated first when it is the data and no other root is given."""
+    _refuse_ignored_dataset(ws, musdb_root)
     if ws.uses_builtin_corpus and musdb_root is None:
         synth_stage(ws, log=log)
     if ws.config["data"]["corpus"] == "synthetic" and musdb_root is None:
@@ -86,6 +88,18 @@ def prepare_stage(ws: Workspace, *, musdb_root=None, progress=True, log=print) -
     record_time(path, "prepare", Shard(), time.perf_counter() - started)
     log(f"features ready in {path}")
     return path
+
+
+def _refuse_ignored_dataset(ws: Workspace, musdb_root) -> None:
+    """``$MUSDB_PATH`` names a dataset, but a profile of the built-in corpus
+    (data.corpus "synthetic", no data.root) would generate and read its own:
+    refused, rather than ignored, with the two ways on. ``--musdb-root`` is
+    used as given (its excerpts then follow the profile's corpus setting)."""
+    from_env = os.environ.get("MUSDB_PATH", "").strip()
+    if ws.uses_builtin_corpus and musdb_root is None and from_env:
+        raise UserError(f"MUSDB_PATH is set ({from_env}) but profile {ws.profile!r} uses the built-in synthetic "
+                        "corpus (data.corpus = 'synthetic', no data.root): unset MUSDB_PATH to run on the synthetic "
+                        f"corpus, or pass --musdb-root {from_env} to use that dataset with this profile")
 
 
 # ----------------------------------------------------------------------------

@@ -12,7 +12,9 @@ a training run, and the check that the runs a stage needs are trained.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,6 +180,28 @@ def device_key(device) -> tuple:
     if isinstance(device, dict):
         return (device.get("backend"), device.get("device"))
     return (None, device)
+
+
+def bars_can_draw(stream=None) -> bool:
+    """Whether progress bars can draw on ``stream`` (default standard error):
+    a terminal at least one column wide, by its own size and by ``COLUMNS``
+    when that is set. A terminal of no width (a fresh pseudo-terminal,
+    ``COLUMNS=0``) would get bars that draw nothing; the stages log a line
+    per unit (and training per epoch) instead."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        if not stream.isatty():
+            return False
+        columns = os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return False
+    setting = os.environ.get("COLUMNS", "").strip()
+    if setting:
+        try:
+            columns = min(columns, int(setting))
+        except ValueError:
+            pass
+    return columns > 0
 
 
 def unit_bar(units, desc: str, progress: bool):

@@ -90,7 +90,8 @@ def test_scores_equal_museval_eval_mus_track_on_real_music(stems_workspace):
 
     again = []
     evaluate_stage(ws, progress=False, log=again.append)
-    assert again == ["evaluate: 1 (model, run, track) units in this shard, 1 already done"]
+    assert again == ["evaluate: 1 (model, run, track) units in this shard, 1 already done",
+                     "evaluate: 2 (baseline, track) units in this shard, 2 already done"]
 
 
 @pytest.mark.musdb
@@ -125,9 +126,21 @@ def test_score_of_a_close_and_a_swapped_estimate():
         assert close[target]["median"]["SDR"] == numpy.median(close[target]["frames"]["SDR"])
 
 
+def constant_scores(value=1.0):
+    return {t: {m: value for m in evaluate.METRICS} for t in evaluate.TARGETS}
+
+
+def write_baseline(ws, name, entry):
+    unit = {"baseline": name, "track": entry["name"], "cache_key": "k", "code_version": "v",
+            "scores": constant_scores(), **({"mono": {"scores": constant_scores()}} if name == "oracle-irm" else {})}
+    path = evaluate.baseline_path(ws, name, entry)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(unit))
+
+
 def write_unit(ws, kind, run, entry, *, cache_key="k", code_version="v"):
     unit = {"kind": kind, "run": run, "track": entry["name"], "cache_key": cache_key, "code_version": code_version,
-            "scores": {t: {m: 1.0 for m in evaluate.METRICS} for t in evaluate.TARGETS}}
+            "scores": constant_scores(), "stereo": {"scores": constant_scores(2.0)}, "wiener_iterations": 0}
     path = evaluate.unit_path(ws, kind, run, entry)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(unit))
@@ -146,11 +159,51 @@ def test_report_inputs_give_units_only_when_complete_and_consistent(tmp_path):
         ("sf", 0, 0), ("sf", 0, 1), ("sf", 1, 0), ("sf", 1, 1)]
     for unit in units[:-1]:
         write_unit(ws, *unit)
-    assert "1 of 8 evaluation units are missing" in report_inputs(ws)["note"]
+    for name, entry in evaluate.baseline_units(tracks):
+        write_baseline(ws, name, entry)
+    assert "1 of 12 evaluation units are missing" in report_inputs(ws)["note"]
     write_unit(ws, *units[-1], code_version="w")
     assert "mix code versions (v, w)" in report_inputs(ws)["note"]
     write_unit(ws, *units[-1], cache_key="other")
     assert "another feature cache" in report_inputs(ws)["note"]
     write_unit(ws, *units[-1])
     found = report_inputs(ws)
-    assert found["note"] is None and len(found["units"]) == 8
+    # a row per model unit's mono and stereo estimate, the mixture's, and the oracle's stereo and mono
+    assert found["note"] is None and len(found["units"]) == 2 * 8 + 2 + 2 * 2
+    assert sorted({(u.get("baseline"), u["estimate"]) for u in found["units"]}, key=str) == sorted(
+        {(None, "mono"), (None, "stereo"), ("mixture", "stereo"), ("oracle-irm", "stereo"), ("oracle-irm", "mono")},
+        key=str)
+    evaluate.baseline_path(ws, "oracle-irm", tracks[1]).write_text("{")
+    assert "oracle-irm/t00001.json is damaged (not valid JSON" in report_inputs(ws)["note"]
+
+
+def test_wiener_rows_join_only_when_complete_and_of_the_same_code(tmp_path):
+    config = load_profile(str(PROFILE), ["train.kinds=['sf']", "train.runs=2"])
+    ws = Workspace(tmp_path, config)
+    tracks = [{"index": 0, "name": "A - One"}]
+    directory = evaluate.evaluation_dir(ws)
+    directory.mkdir(parents=True)
+    (directory / evaluate.TRACKS).write_text(json.dumps({"cache_key": "k", "tracks": tracks}))
+    for unit in evaluate.evaluation_units(config, tracks):
+        write_unit(ws, *unit)
+    for name, entry in evaluate.baseline_units(tracks):
+        write_baseline(ws, name, entry)
+
+    def write_filtered(kind, run, entry, code_version="v"):
+        path = evaluate.unit_path(ws, kind, run, entry, 2)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"kind": kind, "run": run, "track": entry["name"], "cache_key": "k",
+                                    "code_version": code_version, "scores": constant_scores(3.0),
+                                    "wiener_iterations": 2, "estimate": "stereo"}))
+
+    write_filtered("sf", 0, tracks[0])
+    found = report_inputs(ws)
+    assert len(found["units"]) == 2 * 2 + 1 + 2  # the rows without Wiener filtering are kept
+    assert "the rows with 2 Wiener iteration(s) are left out: 1 of 2 evaluation units are missing" in found["note"]
+    write_filtered("sf", 1, tracks[0], code_version="w")
+    assert "made by another code version" in report_inputs(ws)["note"]
+    write_filtered("sf", 1, tracks[0])
+    found = report_inputs(ws)
+    filtered = [u for u in found["units"] if u["wiener_iterations"] == 2]
+    assert found["note"] is None and len(filtered) == 2
+    assert all(u["estimate"] == "stereo" and u["scores"]["vocals"]["SDR"] == 3.0 for u in filtered)

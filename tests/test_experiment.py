@@ -110,7 +110,7 @@ def test_reproduce_writes_every_artefact(reference):
 
 def test_reproduce_evaluates_every_run_on_every_test_track(reference):
     workdir, result = reference
-    units = sorted((workdir / "evaluation").rglob("t[0-9]*.json"))
+    units = sorted(p for p in (workdir / "evaluation").rglob("t[0-9]*.json") if "baselines" not in p.parts)
     assert len(units) == 6  # 3 models x 2 runs x 1 test track
     for path in units:
         unit = json.loads(path.read_text())
@@ -121,8 +121,10 @@ def test_reproduce_evaluates_every_run_on_every_test_track(reference):
     report = (_results(workdir) / "report.md").read_text()
     assert "## Separation quality" in report and "sdr_vs_tod_r.png" in report
     lines = (_results(workdir) / "table_separation.csv").read_text().strip().splitlines()
-    assert [line.split(",")[0] for line in lines[1:]] == KINDS
-    assert all(line.split(",")[1:3] == ["2", "1"] for line in lines[1:])
+    assert [line.split(",")[0] for line in lines[1:]] == (["Mixture (baseline)"] + KINDS
+                                                          + [f"{n} stereo" for n in KINDS]
+                                                          + ["Oracle IRM mono (baseline)", "Oracle IRM stereo (baseline)"])
+    assert all(line.split(",")[1:3] == ["2", "1"] for line in lines[2:8])
     assert (_results(workdir) / "sdr_vs_tod_r.png").stat().st_size > 5000
 
 

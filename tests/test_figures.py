@@ -149,3 +149,53 @@ def test_no_label_touches_the_edge_of_a_figure(tmp_path):
         band = numpy.concatenate([pixels[:2].reshape(-1, 3), pixels[-2:].reshape(-1, 3),
                                   pixels[:, :2].reshape(-1, 3), pixels[:, -2:].reshape(-1, 3)])
         assert band.min() > 0.95, path.name
+
+
+def test_figure3_panel_titles_keep_clear_of_the_colour_bars():
+    """At the demo's F every panel title lies within its own column: it
+    overlaps no colour bar (ticks and label included) of a neighbour."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    n_freq = 257
+    rng = numpy.random.default_rng(2)
+    inputs = figure_inputs()
+    segment = {kind: {"target": rng.random((n_freq, N_FRAMES)),
+                      **{get_strategy(s).matrix_key: 1.234e-4 * rng.standard_normal((n_freq, n_freq))
+                         for s in STRATEGIES}} for kind in MODELS}
+    segment.update(track=inputs["figure_segment"].get("track", "t"), segment_index=0)
+    figure = figures.couplings_figure(segment, MODELS, STRATEGIES, sample_rate=SAMPLE_RATE, n_fft=2 * (n_freq - 1))
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    bars = [axis.get_tightbbox(renderer) for axis in figure.axes if axis.get_label() == "<colorbar>"]
+    panels = [axis for axis in figure.axes if axis.get_label() != "<colorbar>"]
+    assert len(panels) == 2 * len(MODELS) * (len(STRATEGIES) + 1)
+    for panel in panels:
+        title = panel.title.get_window_extent(renderer)
+        assert not any(title.overlaps(bar) for bar in bars), panel.get_title()
+
+
+def test_relative_curve_divides_the_losses_by_the_norm_of_v():
+    fit = {"losses": [8.0, 4.0, 2.0], "trajectory": [{"iteration": 0, "relative_error": 2.0},
+                                                     {"iteration": 2, "relative_error": 0.5}]}
+    assert figures.relative_curve(fit) == [2.0, 1.0, 0.5]  # ‖V‖₁ = 8 / 2 = 4
+    assert figures.relative_curve({"losses": [1.0], "trajectory": []}) == []
+
+
+def test_the_sdr_axis_spans_a_few_db_and_takes_in_the_baselines(tmp_path):
+    """SDRs 0.1 dB apart do not fill the plot: the axis spans at least
+    MIN_SDR_SPAN_DB, and reaches the baselines' levels when given."""
+    from matplotlib.figure import Figure
+
+    axis = Figure().subplots()
+    figures._sdr_limits(axis, [2.0, 2.1])
+    low, high = axis.get_ylim()
+    assert high - low == pytest.approx(figures.MIN_SDR_SPAN_DB) and low < 2.0 and high > 2.1
+    figures._sdr_limits(axis, [2.0, 2.1, -14.0, 6.5])
+    low, high = axis.get_ylim()
+    assert low < -14.0 and high > 6.5 and high - low < 1.2 * 20.5
+    sdr = {kind: [2.0, 2.1] for kind in MODELS}
+    tod_r = {"NCA student": {kind: [0.9, 1.1] for kind in MODELS}}
+    figures.plot_sdr_vs_tod_r(tmp_path / "sdr.png", sdr, tod_r, MODELS, dpi=TEST_DPI,
+                              run_sdr={kind: [2.0, 2.1] for kind in MODELS},
+                              baselines={"Mixture (baseline)": -14.0, "Oracle IRM stereo (baseline)": 6.5})
+    assert (tmp_path / "sdr.png").read_bytes().startswith(PNG_SIGNATURE)

@@ -37,7 +37,8 @@ def copy_of(workdir, tmp_path, name="copy"):
 
 
 def evaluation_units(workdir):
-    return sorted((workdir / "evaluation").rglob("t[0-9]*.json"))
+    """The models' evaluation units (the baselines' are under baselines/)."""
+    return sorted(p for p in (workdir / "evaluation").rglob("t[0-9]*.json") if "baselines" not in p.parts)
 
 
 # --- 1. a dead model -------------------------------------------------------------------------------

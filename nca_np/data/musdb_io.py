@@ -510,12 +510,15 @@ class ExcerptAudio:
         references: {"vocals", "accompaniment"}: ``(n, channels)`` at the
             files' channel count; accompaniment is musdb's target
             (:data:`ACCOMPANIMENT` summed).
+        channels: ``(n, channels)`` float32 mixture as read (``mixture`` is
+            its channel average); None where only the mono mixture is known.
     """
 
     name: str
     sample_rate: int
     mixture: numpy.ndarray
     references: dict
+    channels: numpy.ndarray | None = None
 
 
 def _accompaniment(parts: list) -> numpy.ndarray:
@@ -573,4 +576,4 @@ def load_excerpt(ref: TrackRef, start: int, stop: int) -> ExcerptAudio:
                         "`nca-np prepare`; prepare again")
     references = {"vocals": signals["vocals"],
                   "accompaniment": _accompaniment([signals[name] for name in ACCOMPANIMENT])}
-    return ExcerptAudio(ref.name, rate, to_mono(signals["mixture"]), references)
+    return ExcerptAudio(ref.name, rate, to_mono(signals["mixture"]), references, signals["mixture"])

@@ -275,12 +275,14 @@ def _couplings_pair(figure, axes, matrix, name: str, strategy: str, sample_rate,
     its lowest bins, or "not run" when ``matrix`` is None."""
     full, zoom = axes
     if matrix is None:
-        _show_missing(axes, (f"{name} · {strategy}", f"{name} · zoom"), "not run")
+        _show_missing(axes, (f"{name} · {strategy}", "zoom"), "not run")
         return
     khz_per_bin = sample_rate / n_fft / 1000.0
     bins = zoom_bins(matrix.shape[0], sample_rate, n_fft)
     _show_couplings(figure, full, matrix, matrix.shape[0], khz_per_bin, f"{name} · {strategy}")
-    _show_couplings(figure, zoom, matrix, bins, khz_per_bin, f"{name} · {_zoom_label(bins, khz_per_bin)}",
+    # the zoom's title leaves the model out (the panel to its left names it), so that it stays
+    # within its panel and clear of the neighbouring colour bar
+    _show_couplings(figure, zoom, matrix, bins, khz_per_bin, _zoom_label(bins, khz_per_bin),
                     percentile=ZOOM_CLIP_PERCENTILE)
 
 
@@ -290,14 +292,13 @@ def _target_pair(figure, axes, target, kind: str, name: str, sample_rate, n_fft,
     full, zoom = axes
     label = f"{name}: V ({'mask' if model_kind(kind).masks_input else 'decoder output'})"
     if target is None:
-        _show_missing(axes, (label, label), "not available")
+        _show_missing(axes, (label, "V · zoom"), "not available")
         return
     khz_per_bin = sample_rate / n_fft / 1000.0
     bins = zoom_bins(target.shape[0], sample_rate, n_fft)
     seconds = hop / sample_rate if hop else None
     _show_spectrum(figure, full, target, target.shape[0], khz_per_bin, label, seconds)
-    _show_spectrum(figure, zoom, target, bins, khz_per_bin, f"{name}: V · {_zoom_label(bins, khz_per_bin)}",
-                   seconds)
+    _show_spectrum(figure, zoom, target, bins, khz_per_bin, f"V · {_zoom_label(bins, khz_per_bin)}", seconds)
 
 
 # ---------------------------------------------------------------- figures
@@ -348,7 +349,8 @@ def plot_couplings(path: Path, figure_segment: dict, models: dict, strategies, *
 def couplings_figure(figure_segment: dict, models: dict, strategies, *, sample_rate, n_fft, hop=None) -> Figure:
     """The :class:`~matplotlib.figure.Figure` that :func:`plot_couplings` saves."""
     figure_segment = figure_segment or {}
-    figure = _figure(3.3 * 2 * len(models), 3.0 * (len(strategies) + 1))
+    # 3.9 inches a panel: a panel, its colour bar and a two-line title side by side
+    figure = _figure(3.9 * 2 * len(models), 3.1 * (len(strategies) + 1))
     grid = figure.subplots(len(strategies) + 1, 2 * len(models), squeeze=False)
     for column, (kind, name) in enumerate(models.items()):
         entry = figure_segment.get(kind, {})
@@ -394,13 +396,35 @@ def plot_training_loss(path: Path, histories: dict, models: dict, *, dpi=DPI) ->
     _save_png(figure, path, dpi)
 
 
+def relative_curve(fit: dict) -> list[float]:
+    """One fit's loss curve as the relative error ‖V − C X‖₁ / ‖V‖₁ per iteration.
+
+    The fit records its losses ``E = ‖V − C X‖₁`` (Eq. 15) and, at its
+    checkpoints, the relative error of the same ``C``; their ratio at a
+    checkpoint is ``‖V‖₁``, which turns the whole curve relative (so that
+    fits of targets of different sizes can be compared). Empty when no
+    checkpoint gives a usable ratio.
+    """
+    losses = [float(x) for x in fit.get("losses") or []]
+    for point in fit.get("trajectory") or []:
+        index, relative = point.get("iteration"), point.get("relative_error")
+        if not isinstance(index, int) or not 0 <= index < len(losses) or not isinstance(relative, (int, float)):
+            continue
+        if math.isfinite(relative) and relative > 0 and math.isfinite(losses[index]) and losses[index] > 0:
+            norm = losses[index] / relative
+            return [loss / norm for loss in losses]
+    return []
+
+
 def plot_nca_convergence(path: Path, units, models: dict, strategies, *, dpi=DPI) -> None:
-    """NCA loss E (Eq. 15) per iteration: median and inter-quartile band
-    over segments, per model and strategy.
+    """NCA relative error ‖V − C X‖₁ / ‖V‖₁ (Eq. 15 over ‖V‖₁) per
+    iteration: median and inter-quartile band over segments, per model and
+    strategy (:func:`relative_curve`; the absolute loss depends on the size
+    of each model's target V and cannot be compared across models).
 
     Args:
         units: the couplings results (see :func:`nca_np.report.summarise`);
-            each strategy's ``losses`` is its curve.
+            each strategy's ``losses`` and ``trajectory`` give its curve.
         models: ``{kind: display name}``, one panel each, in this order.
         strategies: the NCA strategies, one colour each.
     """
@@ -409,7 +433,7 @@ def plot_nca_convergence(path: Path, units, models: dict, strategies, *, dpi=DPI
         axis.set_title(name)
         drawn = False
         for colour, strategy in enumerate(strategies):
-            curves = [u["strategies"][strategy].get("losses") or [] for u in units
+            curves = [relative_curve(u["strategies"][strategy]) for u in units
                       if u["kind"] == kind and strategy in u.get("strategies", {})]
             quartiles = loss_quartiles(curves)
             if numpy.isnan(quartiles).all():
@@ -425,9 +449,9 @@ def plot_nca_convergence(path: Path, units, models: dict, strategies, *, dpi=DPI
             continue
         axis.set_yscale("log")
         axis.set_xlabel("iteration")
-        axis.set_ylabel("E = Σ|V − C X| (Eq. 15)")
+        axis.set_ylabel("relative error ‖V − C X‖₁ / ‖V‖₁")
         axis.legend(fontsize="small")
-    figure.suptitle("NCA convergence (median and inter-quartile band over segments)")
+    figure.suptitle("NCA convergence: relative error (median and inter-quartile band over segments)")
     _save_png(figure, path, dpi)
 
 
@@ -526,6 +550,22 @@ SEPARATION_FIGURE = "sdr_vs_tod_r.png"
 _SERIES_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
 
+def _baseline_lines(axis, baselines: dict) -> list:
+    """A dashed horizontal line per baseline level; the lines, for the legend."""
+    return [axis.axhline(value, color="0.3", linestyle=style, linewidth=1.0, label=f"{label}: {value:.1f} dB")
+            for (label, value), style in zip(baselines.items(), ("--", ":", "-.")) if math.isfinite(value)]
+
+
+def _sdr_limits(axis, values) -> None:
+    """Vertical limits covering ``values`` and at least :data:`MIN_SDR_SPAN_DB`."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return
+    low, high = min(finite), max(finite)
+    margin = max(0.08 * (high - low), (MIN_SDR_SPAN_DB - (high - low)) / 2, 0.0)
+    axis.set_ylim(low - margin, high + margin)
+
+
 def median_and_quartiles(values) -> tuple[float, float, float]:
     """(median, 25th, 75th percentile) of the finite values; NaNs when none."""
     array = numpy.array([math.nan if v is None else float(v) for v in values], dtype=numpy.float64)
@@ -536,14 +576,23 @@ def median_and_quartiles(values) -> tuple[float, float, float]:
     return float(median), float(q25), float(q75)
 
 
-def plot_sdr_vs_tod_r(path: Path, sdr: dict, tod_r: dict, models: dict, *, dpi=DPI) -> None:
+#: The SDR axis spans at least this many dB, so that differences of a tenth
+#: of a dB do not fill the plot as if they were large.
+MIN_SDR_SPAN_DB = 6.0
+
+
+def plot_sdr_vs_tod_r(path: Path, sdr: dict, tod_r: dict, models: dict, *, dpi=DPI, run_sdr=None,
+                      baselines=None) -> None:
     """Each model's vocals SDR beside the TOD-R of its mappings.
 
     One point per model and TOD-R series at (median TOD-R, median SDR),
     bars from the 25th to the 75th percentile on both axes; the points of one
     model share its colour and are joined, each series has its marker. Less
     diagonal mappings (smaller TOD-R) lie to the left, so the picture shows
-    whether they separate better.
+    whether they separate better. Each run's SDR is a small grey point
+    beside its model's first point (the spread over runs), the baselines
+    are dashed horizontal lines, and the SDR axis spans at least
+    :data:`MIN_SDR_SPAN_DB`.
 
     Args:
         sdr: ``{kind: [vocals SDR (dB) of each (run, track)]}``.
@@ -551,10 +600,14 @@ def plot_sdr_vs_tod_r(path: Path, sdr: dict, tod_r: dict, models: dict, *, dpi=D
             series (the NCA strategies, exact references …); infinite and
             non-positive values are left out (a log axis).
         models: ``{kind: display name}`` in display order.
+        run_sdr: ``{kind: [vocals SDR (dB) of each run]}`` (optional).
+        baselines: ``{label: vocals SDR (dB)}`` (optional), e.g. the mixture
+            and the oracle ideal ratio mask.
     """
     figure = _figure(6.4, 4.4)
     axis = figure.subplots()
     drawn = False
+    levels = []
     for colour, (kind, name) in enumerate(models.items()):
         y, y25, y75 = median_and_quartiles(sdr.get(kind, []))
         points = []
@@ -565,12 +618,18 @@ def plot_sdr_vs_tod_r(path: Path, sdr: dict, tod_r: dict, models: dict, *, dpi=D
             axis.errorbar([x], [y], xerr=[[x - x25], [x75 - x]], yerr=[[y - y25], [y75 - y]], fmt=marker,
                           color=f"C{colour}", markersize=7, capsize=3, linewidth=1.0)
             points.append(x)
+            levels += [y25, y75]
         if points:
             axis.plot(sorted(points), [y] * len(points), color=f"C{colour}", linewidth=0.8, alpha=0.6)
+            runs = [v for v in (run_sdr or {}).get(kind, []) if v is not None and math.isfinite(v)]
+            axis.plot([points[0]] * len(runs), runs, ".", color="0.45", markersize=4, zorder=1)
+            levels += runs
             drawn = True
     if not drawn:
         _not_available(axis, "no SDR or TOD-R to draw")
     else:
+        lines = _baseline_lines(axis, baselines or {})
+        _sdr_limits(axis, levels + [v for v in (baselines or {}).values() if math.isfinite(v)])
         axis.set_xscale("log")
         # plain numbers ("0.9", "2"): TOD-R often spans less than a decade, where only the
         # minor ticks fall inside and need labels of their own
@@ -582,7 +641,10 @@ def plot_sdr_vs_tod_r(path: Path, sdr: dict, tod_r: dict, models: dict, *, dpi=D
         axis.set_ylabel("vocals SDR (dB, median over runs and tracks)")
         colours = [axis.plot([], [], color=f"C{i}", linewidth=6)[0] for i in range(len(models))]
         markers = [axis.plot([], [], _SERIES_MARKERS[i], color="0.3")[0] for i in range(len(tod_r))]
-        axis.legend(colours + markers, list(models.values()) + list(tod_r), fontsize="small", loc="best")
+        runs = [axis.plot([], [], ".", color="0.45")[0]] if run_sdr else []
+        axis.legend(colours + markers + runs + lines,
+                    list(models.values()) + list(tod_r) + ["one run"] * len(runs) + [l.get_label() for l in lines],
+                    fontsize="small", loc="best")
         axis.grid(True, which="both", alpha=0.25)
     figure.suptitle("Separation quality beside the diagonality of the mappings")
     _save_png(figure, path, dpi)

@@ -120,13 +120,21 @@ def _training_text(histories: dict, kinds) -> str:
 
 
 def _data_text(metadata: dict) -> str | None:
-    """'Data: root …; test excerpts from …. Command-line overrides: …', from
-    ``metadata["data"]`` and ``metadata["overrides"]`` (None when neither is there)."""
+    """'Data: what the audio is, from root …; test excerpts from ….
+    Command-line overrides: …', from ``metadata["data"]`` and
+    ``metadata["overrides"]`` (None when neither is there). The audio is
+    named by what it is (``data["audio"]``): real audio prepared under a
+    profile whose corpus setting is "synthetic" is said not to be synthetic."""
     data, overrides = metadata.get("data"), metadata.get("overrides")
     parts = []
     if isinstance(data, dict):
-        parts.append(f"Data from `{_escape(data.get('root') or 'an unrecorded folder')}`; test excerpts from "
+        audio = data.get("audio")
+        parts.append(f"Data{f': {_escape(audio)},' if audio else ''} from "
+                     f"`{_escape(data.get('root') or 'an unrecorded folder')}`; test excerpts from "
                      f"{_escape(data.get('cut_list') or 'an unrecorded cut list')}.")
+        if audio and audio != "the built-in synthetic corpus" and data.get("corpus") == "synthetic":
+            parts.append("(The profile's data.corpus = \"synthetic\" sets only how the test excerpts are "
+                         "chosen here, by activation confidence; the audio is not synthetic.)")
     if overrides is not None:
         listed = ", ".join(f"`{_escape(item)}`" for item in overrides)
         parts.append(f"Command-line overrides of the profile: {listed or 'none'}.")

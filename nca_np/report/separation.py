@@ -38,42 +38,81 @@ def _separation_value(unit: dict, target: str, metric: str) -> float:
     return number(scores[metric], f"evaluation unit {unit.get('kind')}/{unit.get('run')}/{target}.{metric}")
 
 
+#: Baselines' row labels (nca_np.baselines names; docs/method.md#separating-a-song).
+BASELINE_LABELS = {"mixture": "Mixture (baseline)", "oracle-irm": "Oracle IRM"}
+
+
+def _row_key(unit: dict) -> tuple:
+    """``(baseline or None, kind or None, estimate, Wiener iterations)`` of a unit's row."""
+    return (unit.get("baseline"), unit.get("kind") if not unit.get("baseline") else None,
+            unit.get("estimate") or "mono", int(unit.get("wiener_iterations") or 0))
+
+
+def _row_order(units, kinds) -> list[tuple]:
+    """The rows present, in table order: the mixture first; the models' mono
+    estimates (the paper's systems); their stereo estimates, unfiltered then
+    by Wiener iterations; the oracle IRM, mono then stereo, last."""
+    present = {_row_key(u) for u in units}
+    wiener = sorted({key[3] for key in present if key[0] is None and key[3]})
+    order = [("mixture", None, "stereo", 0)]
+    order += [(None, kind, "mono", 0) for kind in kinds]
+    order += [(None, kind, "stereo", n) for n in [0] + wiener for kind in kinds]
+    order += [("oracle-irm", None, "mono", 0), ("oracle-irm", None, "stereo", 0)]
+    return [key for key in order if key in present]
+
+
+def _row_label(key: tuple) -> str:
+    baseline, kind, estimate, wiener = key
+    if baseline == "oracle-irm":
+        return f"Oracle IRM {estimate} (baseline)"
+    if baseline:
+        return BASELINE_LABELS.get(baseline, f"{baseline} (baseline)")
+    if estimate == "mono":
+        return display_name(kind)  # the paper's systems keep their plain names
+    return f"{display_name(kind)} stereo" + (f" (Wiener {wiener})" if wiener else "")
+
+
 def summarise_separation(units, kinds) -> dict:
-    """The separation table: per model, the median over runs and tracks of
+    """The separation table: per row, the median over runs and tracks of
     each (run, track)'s BSS Eval scores (themselves medians over one-second
     frames, docs/method.md#separation).
 
     Args:
-        units: evaluation units (:mod:`nca_np.evaluate`): ``kind``, ``run``,
-            ``track`` and ``scores[target][metric]``.
+        units: evaluation units, one per row and excerpt
+            (:func:`nca_np.evaluate.report_inputs`): ``kind`` and ``run``, or
+            ``baseline``; ``estimate`` ("mono" when absent),
+            ``wiener_iterations``, ``track`` and ``scores[target][metric]``.
         kinds: the models in display order.
 
     Returns:
         ``{"title", "unit", "columns": [{"key", "label", "target", "metric"}],
-        "rows": [{"kind", "model", "n_units", "n_runs", "n_tracks",
-        "cells": {key: {"median", "q25", "q75", "n", "n_units"}}}]}``.
+        "rows": [{"kind", "baseline", "estimate", "wiener_iterations", "model",
+        "n_units", "n_runs", "n_tracks", "cells": {key: {"median", "q25",
+        "q75", "n", "n_units"}}}]}``; rows in the order of :func:`_row_order`
+        (the baselines, when evaluated, first and last).
     """
     units = list(units)
-    unknown = sorted({str(u.get("kind")) for u in units} - set(kinds))
+    unknown = sorted({str(u.get("kind")) for u in units if not u.get("baseline")} - set(kinds))
     if unknown:
         raise ReportError(f"evaluation results of model kind {unknown[0]!r}, not among kinds {list(kinds)}")
     columns = [{"key": f"{t}_{m}", "label": f"{t} {m}", "target": t, "metric": m}
                for t in SEPARATION_TARGETS for m in SEPARATION_METRICS]
     rows = []
-    for kind in kinds:
-        of_kind = [u for u in units if u["kind"] == kind]
-        cells = {c["key"]: _quartile_cell([_separation_value(u, c["target"], c["metric"]) for u in of_kind])
+    for key in _row_order(units, kinds):
+        of_row = [u for u in units if _row_key(u) == key]
+        cells = {c["key"]: _quartile_cell([_separation_value(u, c["target"], c["metric"]) for u in of_row])
                  for c in columns}
-        rows.append({"kind": kind, "model": display_name(kind), "n_units": len(of_kind),
-                     "n_runs": len({u["run"] for u in of_kind}), "n_tracks": len({u["track"] for u in of_kind}),
-                     "cells": cells})
+        rows.append({"kind": key[1] or key[0], "baseline": key[0], "estimate": key[2],
+                     "wiener_iterations": key[3], "model": _row_label(key), "n_units": len(of_row),
+                     "n_runs": len({u.get("run") for u in of_row}) if not key[0] else 0,
+                     "n_tracks": len({u["track"] for u in of_row}), "cells": cells})
     return {"title": SEPARATION_TITLE, "unit": "dB", "columns": columns, "rows": rows}
 
 
 def separation_markdown(table: dict) -> str:
     """The separation table as Markdown: the medians, two decimals."""
     header = ["Model", "runs × tracks"] + [c["label"] for c in table["columns"]]
-    rows = [[row["model"], f"{row['n_runs']} × {row['n_tracks']}"]
+    rows = [[row["model"], f"{row['n_runs'] if not row.get('baseline') else '–'} × {row['n_tracks']}"]
             + ["–" if row["cells"][c["key"]]["median"] is None else f"{row['cells'][c['key']]['median']:.2f}"
                for c in table["columns"]]
             for row in table["rows"]]
@@ -114,6 +153,39 @@ def _channels_text(units) -> str:
     return "/".join(str(c) for c in channels)
 
 
+def _vocals_sdr(table: dict, baseline, kind, estimate, wiener=0):
+    """The vocals SDR median of one row, or None when the row is not there."""
+    for row in table["rows"]:
+        if (row.get("baseline"), row["kind"] if not row.get("baseline") else None, row.get("estimate", "mono"),
+                row.get("wiener_iterations", 0)) == (baseline, kind if not baseline else None, estimate, wiener):
+            return row["cells"]["vocals_SDR"]["median"]
+    return None
+
+
+def scale_text(table: dict) -> str | None:
+    """Where the models' mono estimates sit between the baselines (vocals
+    SDR medians, computed from ``table``) and what mono output costs the
+    oracle; None without both baselines."""
+    low = _vocals_sdr(table, "mixture", None, "stereo")
+    high = _vocals_sdr(table, "oracle-irm", None, "stereo")
+    if low is None or high is None:
+        return None
+    span = high - low
+    models = [(row["model"], row["cells"]["vocals_SDR"]["median"]) for row in table["rows"]
+              if not row.get("baseline") and row.get("estimate", "mono") == "mono"]
+    placed = ", ".join(f"{name} {value:.2f} dB ({100 * (value - low) / span:.0f} %)" if span > 0 and value is not None
+                       else f"{name} {'–' if value is None else f'{value:.2f} dB'}" for name, value in models)
+    text = (f"**On the scale of the baselines** (vocals SDR, medians): the mixture as the estimate scores "
+            f"{low:.2f} dB and the oracle ideal ratio mask {high:.2f} dB"
+            + (f"; the models' mono estimates score {placed}, the percentage being how far each sits from the "
+               "mixture (0 %) towards the oracle (100 %)." if models else "; no model was scored."))
+    mono = _vocals_sdr(table, "oracle-irm", None, "mono")
+    if mono is not None:
+        text += (f" Mono output costs the oracle {high - mono:.2f} dB (stereo {high:.2f} dB − mono {mono:.2f} dB): "
+                 "a mono mask, put on every channel, cannot follow what differs between the channels.")
+    return text + "\n"
+
+
 def separation_section(table, units, note) -> list[str]:
     """The separation section of report.md: the table and figure, or the note
     that says why they are left out."""
@@ -127,23 +199,65 @@ def separation_section(table, units, note) -> list[str]:
          "and ISR, each the median over one-second frames as SiSEC reports them. A cell is the median of "
          "those over runs and tracks. The models are mono; their estimates are scored on every channel of "
          f"the references ({_channels_text(units)} channels).\n"),
+        _rows_text(table),
         separation_markdown(table),
+        scale_text(table),
+        f"*{note}*\n" if note else None,
         f"CSV with inter-quartile ranges: [{SEPARATION_CSV}]({SEPARATION_CSV}); every frame's values are in "
         "the evaluation units.\n",
-        ("**Separation and diagonality.** Each model's vocals SDR (median over runs and tracks) beside the "
-         "TOD-R of its couplings (median over segments, Table 1's values); bars span the 25th to 75th "
-         "percentiles. Points further left come from less diagonal mappings.\n"),
+        ("**Separation and diagonality.** Each model's vocals SDR (median over runs and tracks of its mono "
+         "estimates) beside the TOD-R of its couplings (median over segments, Table 1's values); bars span the "
+         "25th to 75th percentiles, grey points each run's median over tracks, and dashed lines the "
+         "baselines' vocals SDR where they were evaluated. Points further left come from less diagonal "
+         "mappings.\n"),
         f"![SDR beside TOD-R]({SEPARATION_FIGURE})\n",
     ]
-    return section
+    return [part for part in section if part]
+
+
+def _rows_text(table: dict) -> str | None:
+    """What the rows beyond the models' mono estimates are, for those present."""
+    present = {(row.get("baseline"), row.get("estimate", "mono"), bool(row.get("wiener_iterations")))
+               for row in table["rows"]}
+    parts = []
+    if ("mixture", "stereo", False) in present:
+        parts.append("*Mixture (baseline)*: the mixture itself as both estimates (halved, which BSS Eval's "
+                     "distortion filter ignores), what doing nothing scores")
+    if (None, "stereo", False) in present:
+        parts.append("*stereo*: the model's estimate of the channel average turned into a mask and applied "
+                     "to every channel's STFT (what `nca-np separate` writes for a stereo file)")
+    if (None, "stereo", True) in present:
+        parts.append("*(Wiener N)*: those stereo estimates refined by N iterations of the multichannel "
+                     "Wiener filter (`nca-np evaluate --wiener-iterations N`)")
+    if ("oracle-irm", "stereo", False) in present:
+        parts.append("*Oracle IRM (baseline)*: the ideal ratio mask |V| / (|V| + |A|) of the true stems on "
+                     "the models' STFT, per channel (stereo) or of the channel averages put on every channel "
+                     "(mono): what a mask on this STFT reaches knowing the true sources")
+    if not parts:
+        return None
+    return "Rows: the models' names alone are their mono estimates, as in the paper; " + "; ".join(parts) + ".\n"
 
 
 def write_separation(out_dir: Path, table: dict, separation_units, units, kinds, strategies, extra_tod_r,
                       dpi) -> list[Path]:
-    """The separation table's files and its figure."""
+    """The separation table's files and its figure (the models' mono estimates,
+    with the baselines' levels)."""
     write_text(out_dir / SEPARATION_CSV, separation_csv(table))
     write_json(out_dir / SEPARATION_JSON, table)
-    sdr = {kind: [u["scores"]["vocals"]["SDR"] for u in separation_units if u["kind"] == kind] for kind in kinds}
+    mono = [u for u in separation_units if not u.get("baseline") and (u.get("estimate") or "mono") == "mono"]
+    sdr = {kind: [u["scores"]["vocals"]["SDR"] for u in mono if u["kind"] == kind] for kind in kinds}
+    runs = {kind: _run_medians([u for u in mono if u["kind"] == kind]) for kind in kinds}
+    levels = {row["model"]: row["cells"]["vocals_SDR"]["median"] for row in table["rows"]
+              if row.get("baseline") and row.get("estimate") == "stereo"
+              and row["cells"]["vocals_SDR"]["median"] is not None}
     plot_sdr_vs_tod_r(out_dir / SEPARATION_FIGURE, sdr, tod_r_series(units, kinds, strategies, extra_tod_r),
-                      {kind: display_name(kind) for kind in kinds}, dpi=dpi)
+                      {kind: display_name(kind) for kind in kinds}, dpi=dpi, run_sdr=runs, baselines=levels)
     return [out_dir / SEPARATION_CSV, out_dir / SEPARATION_JSON, out_dir / SEPARATION_FIGURE]
+
+
+def _run_medians(units) -> list[float]:
+    """Each run's vocals SDR, the median over its tracks (finite values)."""
+    by_run: dict = {}
+    for unit in units:
+        by_run.setdefault(unit.get("run"), []).append(unit["scores"]["vocals"]["SDR"])
+    return [median_and_quartiles([v for v in values if math.isfinite(v)])[0] for values in by_run.values()]

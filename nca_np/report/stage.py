@@ -253,10 +253,26 @@ def data_record(ws: Workspace, cache) -> dict:
     for entry in cache.manifest["test"]:
         counts[entry["source"]] = counts.get(entry["source"], 0) + 1
     record["root"] = cache.manifest["data"]["root"]
+    record["audio"] = audio_description(ws, cache)
     record["cut_list"] = "; ".join(f"{CUT_LISTS.get(source, source)} ({n} excerpt{'s' if n != 1 else ''})"
                                    for source, n in sorted(counts.items()))
     record["cache"] = cache.key
     return record
+
+
+def audio_description(ws: Workspace, cache) -> str:
+    """What the prepared audio is, whatever the corpus setting (which picks
+    the excerpt rule): the built-in synthetic corpus — read from the work
+    folder's own copy, or with the synthetic tracks' names — or a MUSDB18
+    (or MUSDB18-HQ) tree."""
+    from ..data.synth import track_name
+
+    recorded = cache.manifest["data"]
+    names = [entry["name"] for entry in cache.manifest["test"]]
+    builtin = [track_name("test", i) for i in range(len(names))]
+    if Path(recorded["root"]).expanduser().resolve() == ws.synthetic_root.resolve() or sorted(names) == builtin:
+        return "the built-in synthetic corpus"
+    return "a MUSDB18-HQ tree (.wav)" if recorded.get("is_wav") else "a MUSDB18 tree (.stem.mp4)"
 
 
 def _point_latest(ws: Workspace) -> Path:
