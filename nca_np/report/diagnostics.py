@@ -241,7 +241,8 @@ def _spread_text(spread: dict) -> str:
 
 
 def convergence_markdown(diagnostics: dict) -> str:
-    header = ["Model", "Strategy", "loss stopped changing (diverged)", "relative error ‖V − CX‖₁/‖V‖₁, median (max)",
+    header = ["Model", "Strategy", "loss stopped changing (diverged)",
+              "relative error ‖V − CX‖₁/‖V‖₁, median (max)",
               "same for V X⁺, median", "loss fall over the last 10 %, median", "iterations", "student problem determined (rank X of F)",
               "TOD-R range over seeds, median width"]
     rows = []
@@ -469,7 +470,8 @@ def _heldout_rows(strategies) -> list[tuple[str, str, tuple | None, tuple]]:
         ("mean_local_map", "mean local map (Eq. 14, true gates)"),
         ("ridge", "ridge, α chosen on same-track segments"),
         ("pooled_ridge", "ridge fitted on k + 1 segments of the track, α chosen on the others"))]
-    rows += [("linear", "linear composition", ("baselines", "linear", "tod_r"), ("baselines", "linear", "snr_model_db")),
+    rows += [("linear", "linear composition", ("baselines", "linear", "tod_r"),
+              ("baselines", "linear", "snr_model_db")),
              ("identity", "identity", None, ("baselines", "identity", "snr_model_db"))]
     return rows
 
