@@ -238,7 +238,7 @@ def claim_sf_least_diagonal(records, measures=DEFAULT_TOD_R, *, sf="sf", others=
     rows = []
     for measure in measures:
         statement = f"SF has the smallest {measure.label}"
-        pair_rows = [_row("i", statement, (sf, measure), (other, measure), True, "holds if CI < 0",
+        pair_rows = [_row("i", statement, (sf, measure), (other, measure), True, "holds if CI of the ratio < 1",
                           lambda lo, hi: verdict_below(lo, hi, 0.0), records) for other in others]
         rows += pair_rows + [_both(pair_rows, "i", statement)]
     return rows
