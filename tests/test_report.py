@@ -545,7 +545,7 @@ def test_report_has_the_heldout_table_and_the_claims_with_computed_verdicts(tmp_
     assert rows["identity", "DAE"]["tod_r_mean"] == "inf"
     # the opening says which generalise, from those numbers
     headline = next(p for p in text.split("\n\n") if p.startswith("**Which couplings"))
-    beat, fail = headline.split("It is not for:")
+    beat, fail = headline.split("Those that do not:")
     assert "ridge, α chosen on same-track segments (DAE 4.0" in beat and "V X⁺" in fail and "V X⁺" not in beat
     # the exact references table carries the held-out SNR beside TOD-R and SNR
     assert "| least squares, minimum norm: V X⁺ | 5.00 (0.82) | 12.00 (0.00) | 2.00 (0.82) / -1.00 (0.82) |" in text

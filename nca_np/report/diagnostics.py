@@ -597,8 +597,9 @@ def generalisation_sentence(table: dict) -> str:
     where = "segments of other test tracks" if group == "other_tracks" else \
         "other segments of the same track (no other test track; the ridge α was chosen on them)"
     return (f"**Which couplings describe the network beyond the frames they were fitted on.** On {where}, "
-            "the mean held-out SNR(ŷ, Ŷ(C)) in dB is above C = 0's 0 dB for every model for: "
-            f"{'; '.join(beat) or 'none'}. It is not for: {'; '.join(fail) or 'none'} (section Held-out scores).")
+            "the couplings whose mean held-out SNR(ŷ, Ŷ(C)) in dB beats C = 0's 0 dB for every model: "
+            f"{'; '.join(beat) or 'none'}. Those that do not: {'; '.join(fail) or 'none'} "
+            "(section Held-out scores).")
 
 
 def stayed_at_initialisation(units, strategy: str) -> bool:
