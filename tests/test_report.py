@@ -603,3 +603,16 @@ def test_table1_bolds_no_strategy_whose_tod_r_stayed_at_its_initialisation(tmp_p
     assert "| DAE | 3 | 2.00 (0.82) | **" in table1  # the compositional's smallest mean stays bold
     assert table1.count("**") == 2
     assert "The TOD-R of the NCA student is its initialisation's" in text
+
+
+def test_a_report_of_only_skipped_units_says_so_without_tables(tmp_path):
+    inputs = report_inputs()
+    inputs["units"] = [{**{key: u[key] for key in ("config_hash", "code_version", "kind", "segment", "run")},
+                        "skipped": "run 0 is dead: its output is zero on all 8 sample frames"}
+                       for u in inputs["units"]]
+    inputs["figure_segment"] = {"track": "track 0", "segment_index": 1}
+    paths = report.write_report(tmp_path, dpi=TEST_DPI, **inputs)
+    text = (tmp_path / "report.md").read_text()
+    assert "**No couplings were fitted.** All 9 couplings units were skipped" in text
+    assert "its output is zero on all 8 sample frames" in text and "## Training runs" in text
+    assert not (tmp_path / "table1_tod_r.csv").exists() and (tmp_path / "metadata.json") in paths

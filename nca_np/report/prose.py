@@ -389,3 +389,27 @@ def _claims_section(rows) -> list[str]:
             "track, and pooled) and the mean local map; SNR measures: in-sample, and held-out on the headline "
             "group of Held-out scores. CSV: [claims.csv](claims.csv).\n",
             paper_claims.claims_markdown(rows)]
+
+
+def render_without_fits(tables, *, units, kinds, strategies, histories, linear_compositions, figure_segment,
+                        sample_rate, n_fft, metadata, n_freq, separation=None, diagnostics=None, **_) -> str:
+    """The text of report.md when every couplings unit was skipped (every
+    drawn run dead): what was skipped and why, the separation section, the
+    figures and the training table; no NCA table, for there is no fit."""
+    skipped = (diagnostics or {}).get("skipped") or []
+    reasons = sorted({u["reason"] for u in skipped})
+    sections = [
+        "# Mapping functions of denoising autoencoders: reproduction report\n",
+        f"**No couplings were fitted.** All {_count(len(skipped), 'couplings unit')} were skipped, their drawn "
+        f"runs dead ({'; '.join(reasons)}): there is no network mapping left to explain, so the report has no "
+        "NCA table, held-out score or claim.\n",
+    ]
+    if separation is not None:
+        sections += separation_section(*separation)
+    sections.append("## Figures\n")
+    sections += _figure_section(linear_compositions, figure_segment, kinds, strategies,
+                                _zoom_text(n_freq, sample_rate, n_fft), histories)
+    sections += ["## Training runs\n", _training_table(histories, kinds), "## Metadata\n",
+                 "All of it in [metadata.json](metadata.json).\n",
+                 markdown(["Key", "Value"], ([_escape(k), _escape(v)] for k, v in _flatten(metadata)))]
+    return "\n".join(sections)

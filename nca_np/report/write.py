@@ -35,12 +35,11 @@ from pathlib import Path
 
 from .. import claims as paper_claims
 from ..atomic import write_json, write_text
-from ..errors import UserError
 from . import diagnostics as nca_diagnostics
 from .checks import (check_figure_segment, check_linear_compositions, check_metadata, check_spectral_settings,
                      frequency_bins)
 from .figures import DPI, write_figures
-from .prose import render_report
+from .prose import render_report, render_without_fits
 from .separation import summarise_separation, write_separation
 from .tables import CSV_FILES, display_name, summarise, table_csv
 
@@ -92,16 +91,7 @@ def write_report(out_dir, *, units, kinds, strategies, histories, linear_composi
     units, kinds, strategies = list(units), list(kinds), list(strategies)
     skipped = [u for u in units if isinstance(u, dict) and "skipped" in u]
     units = [u for u in units if not (isinstance(u, dict) and "skipped" in u)]
-    if skipped and not units:
-        raise UserError(f"cannot report: all {len(skipped)} couplings units were skipped (their drawn runs are "
-                        f"dead: {skipped[0]['skipped']}); retrain the runs")
-    tables = summarise(units, kinds=kinds, strategies=strategies)
-    diagnostics = nca_diagnostics.diagnose(units, kinds=kinds, strategies=strategies)
-    diagnostics["skipped"] = [{"kind": u.get("kind"), "segment": u["segment"].get("id"), "run": u.get("run"),
-                               "reason": u["skipped"]} for u in skipped]
-    heldout = nca_diagnostics.heldout_table(units, kinds=kinds, strategies=strategies)
-    group = nca_diagnostics.headline_group(heldout) if heldout else None
-    claim_rows = paper_claims.claims(units, tod_r_measures=paper_claims.ALL_TOD_R, heldout_group=group)
+    tables, diagnostics, heldout, claim_rows = _nca_results(units, skipped, kinds, strategies)
     linear = check_linear_compositions(linear_compositions or {}, kinds)
     segment = check_figure_segment(figure_segment, kinds, strategies)
     histories = histories or {}
@@ -111,8 +101,12 @@ def write_report(out_dir, *, units, kinds, strategies, histories, linear_composi
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = _write_tables(out_dir, tables, metadata, diagnostics)
-    written += _write_heldout_and_claims(out_dir, heldout, claim_rows)
+    if tables is None:
+        write_json(out_dir / "metadata.json", metadata)
+        written = [out_dir / "metadata.json"]
+    else:
+        written = _write_tables(out_dir, tables, metadata, diagnostics)
+        written += _write_heldout_and_claims(out_dir, heldout, claim_rows)
     written += write_figures(out_dir, units=units, models={kind: display_name(kind) for kind in kinds},
                              strategies=strategies, histories=histories, linear_compositions=linear,
                              figure_segment=segment, sample_rate=sample_rate, n_fft=n_fft, dpi=dpi, hop=hop)
@@ -121,7 +115,7 @@ def write_report(out_dir, *, units, kinds, strategies, histories, linear_composi
             extra_tod_r = nca_diagnostics.reference_tod_r_series(units, kinds)
         written += write_separation(out_dir, separation_table, separation_units, units, kinds, strategies,
                                     extra_tod_r, dpi)
-    text = render_report(tables, units=units, kinds=kinds, strategies=strategies, histories=histories,
+    text = (render_without_fits if tables is None else render_report)(tables, units=units, kinds=kinds, strategies=strategies, histories=histories,
                          linear_compositions=linear, figure_segment=segment, sample_rate=sample_rate,
                          n_fft=n_fft, metadata=metadata, n_freq=frequency_bins(linear, segment, kinds),
                          separation=None if separation is None else
@@ -129,6 +123,23 @@ def write_report(out_dir, *, units, kinds, strategies, histories, linear_composi
                          diagnostics=diagnostics, heldout=heldout, claims=claim_rows)
     write_text(out_dir / "report.md", text)
     return written + [out_dir / "report.md"]
+
+
+def _nca_results(units, skipped, kinds, strategies) -> tuple:
+    """``(tables, diagnostics, held-out table, claim rows)`` of the fitted
+    units; all None but the diagnostics' ``skipped`` list when every unit
+    was skipped (its drawn run dead)."""
+    skipped_list = [{"kind": u.get("kind"), "segment": u["segment"].get("id"), "run": u.get("run"),
+                     "reason": u["skipped"]} for u in skipped]
+    if skipped and not units:
+        return None, {"skipped": skipped_list}, None, None
+    tables = summarise(units, kinds=kinds, strategies=strategies)
+    diagnostics = nca_diagnostics.diagnose(units, kinds=kinds, strategies=strategies)
+    diagnostics["skipped"] = skipped_list
+    heldout = nca_diagnostics.heldout_table(units, kinds=kinds, strategies=strategies)
+    group = nca_diagnostics.headline_group(heldout) if heldout else None
+    claim_rows = paper_claims.claims(units, tod_r_measures=paper_claims.ALL_TOD_R, heldout_group=group)
+    return tables, diagnostics, heldout, claim_rows
 
 
 def _write_tables(out_dir: Path, tables: dict, metadata: dict, diagnostics: dict) -> list[Path]:
