@@ -617,18 +617,27 @@ UNIT_KEYS = ("config_hash", "code_version", "kind", "segment", "run", "strategie
 SKIPPED_KEYS = ("config_hash", "code_version", "kind", "segment", "run", "skipped")
 
 
+def unit_json_damage(path: Path) -> str | None:
+    """Why a couplings unit's JSON file is damaged (None: it is not): not
+    JSON, or without :data:`UNIT_KEYS` (:data:`SKIPPED_KEYS` for a skipped unit)."""
+    reason = preflight.json_damage(path, SKIPPED_KEYS[:5])
+    if reason is not None:
+        return reason
+    unit = json.loads(Path(path).read_text(encoding="utf-8"))
+    return preflight.json_damage(path, SKIPPED_KEYS if "skipped" in unit else UNIT_KEYS)
+
+
 def unit_damage(path: Path) -> str | None:
     """Why a couplings unit file cannot count as done (None: it can): not
     JSON, keys missing (a unit without held-out scores is incomplete), or,
     for the segment of Figure 3, its matrices (the ``.npz`` beside it)
     missing or damaged. A skipped unit needs only :data:`SKIPPED_KEYS`."""
-    reason = preflight.json_damage(path, SKIPPED_KEYS[:5])
+    reason = unit_json_damage(path)
     if reason is not None:
         return reason
     unit = json.loads(path.read_text(encoding="utf-8"))
-    reason = preflight.json_damage(path, SKIPPED_KEYS if "skipped" in unit else UNIT_KEYS)
-    if reason is not None or "skipped" in unit:
-        return reason
+    if "skipped" in unit:
+        return None
     if unit["segment"].get("number") != FIGURE_SEGMENT:
         return None
     matrices = path.with_suffix(".npz")

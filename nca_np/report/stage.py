@@ -22,7 +22,7 @@ import numpy
 from .. import backend, preflight
 from ..atomic import remove_stale_temporaries, temporary_path, write_text
 from ..config import config_hash
-from ..couplings import FIGURE_SEGMENT, couplings_units, unit_damage, unit_path
+from ..couplings import FIGURE_SEGMENT, couplings_units, unit_json_damage, unit_path
 from ..errors import UserError
 from ..evaluate import evaluation_dir, report_inputs
 from ..features import StftSettings
@@ -119,7 +119,7 @@ def _load_units(ws: Workspace, segments: list[dict]) -> list[dict]:
                         f"({', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}); "
                         "run `nca-np couplings` for every shard first")
     for kind, seg in expected:
-        reason = unit_damage(unit_path(ws, kind, seg))
+        reason = unit_json_damage(unit_path(ws, kind, seg))
         if reason is not None:
             raise UserError(f"cannot report: the couplings unit {unit_path(ws, kind, seg)} is damaged ({reason}); "
                             "run `nca-np couplings` again: it recomputes that unit")
