@@ -135,6 +135,8 @@ RULES = {
     "nca.init_seeds": (_natural, "an integer of at least 0"),
     "nca.spread_segments": (_natural, "an integer of at least 0"),
     "nca.local_map_stride": (_counting, "an integer of at least 1"),
+    "nca.heldout_same": (_natural, "an integer of at least 0"),
+    "nca.heldout_other": (_natural, "an integer of at least 0"),
 }
 
 

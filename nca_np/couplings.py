@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy
 from tqdm.auto import tqdm
 
 from . import backend, preflight
@@ -29,9 +30,10 @@ from .config import config_hash
 from .metrics import reconstruct, snr_db, tod_r
 from .models import model_kind
 from .nca import fit_couplings, get_strategy, identity_couplings, initial_draws, linear_composition
+from .heldout import Frames, cross_validated_ridge, heldout_segments, pool, pool_count, pooled_ridge, score_matrices
 from .references import (frames_used, local_offsets, mean_local_map, min_norm_couplings, nearest_exact_couplings,
                          pseudo_inverse)
-from .train import FINAL_MODEL, load_model
+from .train import FINAL_MODEL, load_model, recorded_health
 from .workspace import (Shard, Workspace, code_version, open_prepared_cache, record_time, require_trained,
                         run_seed, unit_bar)
 
@@ -51,12 +53,15 @@ class NcaSettings:
     halvings: int = 0
     checkpoint_every: int = 50
     local_map_stride: int = 1
+    heldout_same: int = 8
+    heldout_other: int = 8
 
     @classmethod
     def from_config(cls, section: dict) -> "NcaSettings":
         """The fits' values from an ``[nca]`` table; its other keys (seed,
         segment_frames, init_seeds, spread_segments) belong to the
-        experiment. Unknown keys are rejected when the profile is loaded
+        experiment (``heldout_same``, ``heldout_other`` are read by the
+        stage, which chooses and loads the held-out segments). Unknown keys are rejected when the profile is loaded
         (:func:`nca_np.config.validate`), as for every section."""
         values = {k: section[k] for k in cls.__dataclass_fields__ if k in section}
         if "strategies" in values:
@@ -172,7 +177,7 @@ class _Segment:
 
 
 def fit_unit(settings: NcaSettings, model, mixture, vocals, *, init_seed: int, spread_seeds=(), draws=None,
-             watch=None) -> tuple[dict, dict]:
+             watch=None, heldout=None) -> tuple[dict, dict]:
     """All NCA fits, exact references and measures for one (model, segment) pair.
 
     Args:
@@ -186,10 +191,17 @@ def fit_unit(settings: NcaSettings, model, mixture, vocals, *, init_seed: int, s
             (e.g. :meth:`InitialDraws.take`); default: drawn when needed.
         watch: ``(label, iterations cap) -> on_checkpoint callback or None``,
             to show a fit's progress.
+        heldout: None (no held-out scores), or ``{"same_track": [Frames],
+            "other_tracks": [Frames]}`` (:func:`heldout_frames`): the
+            blocks every matrix is also scored on, and the ridge couplings
+            chosen on (docs/method.md#held-out-scores).
 
     Returns:
         ``(measures, matrices)``: the JSON-able numbers of the unit, and the
         host couplings matrices by their strategy's ``matrix_key`` (for Figure 3).
+        With ``heldout``, ``measures`` also holds ``heldout`` (the blocks'
+        ids and every matrix's scores on them) and ``references`` the
+        ``ridge`` and ``pooled_ridge`` couplings.
     """
     segment = _Segment.of(model, mixture, vocals)
     draws = draws or initial_draws
@@ -201,13 +213,20 @@ def fit_unit(settings: NcaSettings, model, mixture, vocals, *, init_seed: int, s
                              initial=draws(strategy, model.n_freq, model.n_layers, seed), **arguments)
 
     measures = {"strategies": {}, "baselines": {}, "model_snr_true_db": snr_db(vocals, segment.output)}
-    matrices = {}
+    matrices, fitted = {}, {}
     for strategy in settings.strategies:
         entry, C = _strategy_entry(segment, fit, strategy, init_seed, spread_seeds)
         measures["strategies"][strategy] = entry
         matrices[get_strategy(strategy).matrix_key] = backend.to_host(C)
-    measures["baselines"] = _baselines(segment)
-    measures["references"] = _references(settings, segment)
+        fitted[strategy] = C
+    baselines = _baseline_matrices(segment)
+    measures["baselines"] = _baselines(segment, baselines)
+    references = _reference_matrices(settings, segment)
+    measures["references"] = _references(settings, segment, references)
+    if heldout is not None:
+        record, ridges = score_unit_heldout(segment, {**fitted, **references, **baselines}, heldout)
+        measures["heldout"] = record
+        measures["references"].update(ridges)
     return measures, matrices
 
 
@@ -230,11 +249,15 @@ def _strategy_entry(segment: _Segment, fit, strategy: str, init_seed: int, sprea
     return entry, result.C
 
 
-def _baselines(segment: _Segment) -> dict:
-    """The linear composition of the model and the identity, as couplings."""
-    model = segment.model
-    linear = linear_composition(model)
-    identity = identity_couplings(model.n_freq, like=segment.mixture)
+def _baseline_matrices(segment: _Segment) -> dict:
+    """The linear composition of the model and the identity, as (F, F) couplings."""
+    return {"linear": linear_composition(segment.model),
+            "identity": identity_couplings(segment.model.n_freq, like=segment.mixture)}
+
+
+def _baselines(segment: _Segment, matrices: dict) -> dict:
+    """The baselines' measures on the fitting segment."""
+    linear, identity = matrices["linear"], matrices["identity"]
     return {"linear": {"snr_model_db": snr_db(segment.output, segment.estimate(linear)), "tod_r": tod_r(linear)},
             "identity": {"snr_model_db": snr_db(segment.output, segment.estimate(identity))}}
 
@@ -245,24 +268,106 @@ def _spread_record(fit, seed: int) -> dict:
             "converged": bool(fit.converged), "iterations": fit.iterations}
 
 
-def _references(settings: NcaSettings, segment: _Segment) -> dict:
-    """The exact references of one segment (docs/method.md#exact-references)."""
-    started = time.perf_counter()
+def _local_map_stride(settings: NcaSettings, model) -> int:
+    """``nca.local_map_stride`` where the exact mean local map is expensive
+    (models deeper than two layers); every frame elsewhere."""
+    return settings.local_map_stride if model.n_layers > 2 else 1
+
+
+def _reference_matrices(settings: NcaSettings, segment: _Segment) -> dict:
+    """The exact references of one segment as (F, F) couplings
+    (docs/method.md#exact-references): ``min_norm`` V X⁺, the
+    ``mean_local_map`` and the exact solution ``nearest_identity``."""
     model, mixture, target, pinv = segment.model, segment.mixture, segment.target, segment.pinv
+    identity = backend.array_module(mixture).eye(model.n_freq, dtype=numpy.float64)  # the solves are float64
+    return {"min_norm": min_norm_couplings(mixture, target, pinv=pinv),
+            "mean_local_map": mean_local_map(model, mixture, frame_stride=_local_map_stride(settings, model)),
+            "nearest_identity": nearest_exact_couplings(mixture, target, identity, pinv=pinv)}
+
+
+def _references(settings: NcaSettings, segment: _Segment, matrices: dict) -> dict:
+    """The measures of the exact references of one segment (docs/method.md#exact-references)."""
+    started = time.perf_counter()
+    mixture, target, pinv = segment.mixture, segment.target, segment.pinv
     xp = backend.array_module(mixture)
-    stride = settings.local_map_stride
-    offsets = local_offsets(model, mixture)
+    stride = _local_map_stride(settings, segment.model)
+    offsets = local_offsets(segment.model, mixture)
     n_freq, n_frames = mixture.shape
-    identity = identity_couplings(n_freq, like=offsets)
     return {
         "rank": pinv.rank, "n_freq": int(n_freq), "frames": int(n_frames), "determined": pinv.determined,
         "offset_share": _share(backend.to_float(xp.abs(offsets).sum()), backend.to_float(xp.abs(target).sum())),
-        "min_norm": segment.measure(min_norm_couplings(mixture, target, pinv=pinv)),
-        "mean_local_map": {**segment.measure(mean_local_map(model, mixture, frame_stride=stride)),
+        "min_norm": segment.measure(matrices["min_norm"]),
+        "mean_local_map": {**segment.measure(matrices["mean_local_map"]),
                            "frame_stride": stride, "frames_used": frames_used(n_frames, stride)},
-        "nearest_identity": segment.measure(nearest_exact_couplings(mixture, target, identity, pinv=pinv)),
+        "nearest_identity": segment.measure(matrices["nearest_identity"]),
         "seconds": time.perf_counter() - started,
     }
+
+
+# ----------------------------------------------------------------------------
+# held-out scores (docs/method.md#held-out-scores)
+
+#: The groups of held-out blocks, as a unit's JSON names them. The ridge
+#: couplings choose α on the same-track blocks, so the other-tracks scores
+#: are the ones untouched by any choice.
+SAME_TRACK, OTHER_TRACKS = "same_track", "other_tracks"
+
+
+def heldout_frames(model, blocks: dict) -> dict:
+    """The held-out :class:`~nca_np.heldout.Frames` of one unit.
+
+    Args:
+        model: the unit's trained model.
+        blocks: ``{"same_track" | "other_tracks": [(segment id, X)]}`` with
+            X the (F, T) scaled mixture of a held-out segment, on the
+            model's module.
+
+    Returns:
+        ``{group: [Frames]}``: each block with the model's output and its
+        decoder output V on it (what couplings are scored against).
+    """
+    return {group: [Frames(X, model.predict(X.T).T, model.decoder_output(X.T).T, label=label) for label, X in items]
+            for group, items in blocks.items()}
+
+
+def _ridge_record(segment: _Segment, choice, *, pooled: int) -> dict:
+    """What a unit keeps of a :class:`~nca_np.heldout.RidgeChoice`: its α,
+    its measures on the fitting segment, its validation SNR and path."""
+    return {**segment.measure(choice.C), "alpha": choice.alpha, "validation_snr_db": choice.heldout_snr_db,
+            "pooled_segments": pooled, "path": choice.path}
+
+
+def score_unit_heldout(segment: _Segment, matrices: dict, heldout: dict) -> tuple[dict, dict]:
+    """Every named matrix, and the ridge couplings, scored on the held-out blocks.
+
+    The cross-validated ridge fits the segment and chooses α on the
+    same-track blocks pooled; the pooled ridge also fits ``k`` of them
+    (:func:`~nca_np.heldout.pool_count`), chooses α on the others and is
+    scored on those only. Without same-track blocks there is no ridge.
+
+    Returns:
+        ``(heldout record, {"ridge": …, "pooled_ridge": …})``: the record is
+        ``{"segments": {group: [ids]}, "scores": {name: {group: score}},
+        "seconds"}`` (:func:`~nca_np.heldout.score_matrices`).
+    """
+    started = time.perf_counter()
+    kind = segment.model.kind
+    same, other = list(heldout.get(SAME_TRACK) or []), list(heldout.get(OTHER_TRACKS) or [])
+    fit = Frames(segment.mixture, segment.output, segment.target, label="fit")
+    ridges, scores = {}, {}
+    if same:
+        choice = cross_validated_ridge(kind, fit, pool(same, label="validation"))
+        ridges["ridge"] = _ridge_record(segment, choice, pooled=0)
+        k = pool_count(int(segment.mixture.shape[0]), fit.n_frames, len(same))
+        pooled, unused = pooled_ridge(kind, fit, same, pool(same[k:], label="validation"))
+        ridges["pooled_ridge"] = _ridge_record(segment, pooled, pooled=k)
+        ridges["pooled_ridge"]["scored_same_track"] = [block.label for block in unused]
+        scores.update(score_matrices(kind, {"pooled_ridge": pooled.C}, {SAME_TRACK: unused, OTHER_TRACKS: other}))
+        matrices = {**matrices, "ridge": choice.C}
+    scores.update(score_matrices(kind, matrices, {SAME_TRACK: same, OTHER_TRACKS: other}))
+    record = {"segments": {SAME_TRACK: [b.label for b in same], OTHER_TRACKS: [b.label for b in other]},
+              "scores": {name: scores[name] for name in sorted(scores)}, "seconds": time.perf_counter() - started}
+    return record, ridges
 
 
 class InitialDraws:
@@ -361,7 +466,7 @@ def couplings_stage(ws: Workspace, *, shard=Shard(), kinds=None, progress=True, 
     _check_before_fitting(ws, todo)
     started = time.perf_counter()
     try:
-        _fit_units(ws, cache, todo, progress=progress, log=log)
+        _fit_units(ws, cache, todo, segments, progress=progress, log=log)
     finally:
         record_time(ws.couplings_dir, "couplings", shard, time.perf_counter() - started)
 
@@ -412,16 +517,36 @@ class _RunModels:
         self.models.clear()
 
 
-def _fit_units(ws: Workspace, cache, todo, *, progress: bool, log) -> None:
-    """Fit every unit of ``todo`` and write its file; log one line per unit."""
+def dead_runs(ws: Workspace, todo) -> dict:
+    """``{(kind, run): reason}`` of the drawn runs of ``todo`` that training
+    recorded as dead (:func:`nca_np.train.recorded_health`): nothing is left
+    for the NCA to explain in them."""
+    dead = {}
+    for kind, run in sorted({(kind, unit_draws(ws.config, kind, seg["number"])[0]) for kind, seg in todo}):
+        health = recorded_health(ws.run_dir(kind, run))
+        if health and health.get("dead"):
+            dead[kind, run] = health.get("reason") or "the run is dead"
+    return dead
+
+
+def _fit_units(ws: Workspace, cache, todo, segments: list[dict], *, progress: bool, log) -> None:
+    """Fit every unit of ``todo`` and write its file; log one line per unit.
+    A unit whose drawn run is dead is written as skipped, without fits."""
     module = backend.xp()
     stamp = {"config_hash": config_hash(ws.config), "code_version": code_version()}
     models = _RunModels(ws, module)
-    draws = InitialDraws(_fit_requests(ws.config, todo))
+    dead = dead_runs(ws, todo)
+    alive = [(kind, seg) for kind, seg in todo if (kind, unit_draws(ws.config, kind, seg["number"])[0]) not in dead]
+    draws = InitialDraws(_fit_requests(ws.config, alive))
     bar = FitBar(progress)
     try:
         for kind, segment in unit_bar(todo, "couplings", progress):
-            unit = _fit_one_unit(ws, cache, kind, segment, models=models, draws=draws, bar=bar, stamp=stamp)
+            run = unit_draws(ws.config, kind, segment["number"])[0]
+            if (kind, run) in dead:
+                unit = _skip_unit(ws, kind, segment, run, dead[kind, run], stamp=stamp)
+            else:
+                unit = _fit_one_unit(ws, cache, kind, segment, models=models, draws=draws, bar=bar, stamp=stamp,
+                                     table=segments)
             log(unit_line(unit))
     finally:
         bar.close()
@@ -430,8 +555,38 @@ def _fit_units(ws: Workspace, cache, todo, *, progress: bool, log) -> None:
         backend.free_memory_pool(module)
 
 
-def _fit_one_unit(ws: Workspace, cache, kind: str, segment: dict, *, models, draws, bar, stamp) -> dict:
-    """One (kind, segment) unit: its fits, its file (and Figure 3's matrices); returns the unit."""
+def _skip_unit(ws: Workspace, kind: str, segment: dict, run: int, reason: str, *, stamp) -> dict:
+    """The file of a unit whose drawn run is dead: why, and no fit."""
+    unit = {**stamp, "kind": kind, "segment": segment, "run": run, "model_seed": run_seed(ws.config, run),
+            "composition": ws.config["nca"]["composition"], "skipped": f"run {run} is dead: {reason}"}
+    write_json(unit_path(ws, kind, segment), unit)
+    return unit
+
+
+def unit_heldout_segments(config: dict, table: list[dict], segment: dict) -> dict:
+    """The held-out segments of a unit (:func:`nca_np.heldout.heldout_segments`
+    with ``nca.heldout_same`` and ``nca.heldout_other``, drawn from ``nca.seed``):
+    ``{"same_track": [rows], "other_tracks": [rows]}``."""
+    nca = config["nca"]
+    chosen = heldout_segments(table, segment, nca["heldout_same"], nca["heldout_other"], seed=nca["seed"])
+    return {SAME_TRACK: chosen["same"], OTHER_TRACKS: chosen["other"]}
+
+
+def _load_heldout(cache, config: dict, table: list[dict], segment: dict, model, module) -> dict:
+    """The unit's held-out :class:`~nca_np.heldout.Frames`, read from the cache."""
+    chosen = unit_heldout_segments(config, table, segment)
+    rows = [row for group in (SAME_TRACK, OTHER_TRACKS) for row in chosen[group]]
+    if not rows:
+        return {SAME_TRACK: [], OTHER_TRACKS: []}
+    data = cache.segments(config["nca"]["segment_frames"], indices=[row["number"] for row in rows], log=None)
+    mixtures = {row["id"]: backend.to_device(item.mixture, module) for row, item in zip(rows, data)}
+    return heldout_frames(model, {group: [(row["id"], mixtures[row["id"]]) for row in chosen[group]]
+                                  for group in (SAME_TRACK, OTHER_TRACKS)})
+
+
+def _fit_one_unit(ws: Workspace, cache, kind: str, segment: dict, *, models, draws, bar, stamp, table) -> dict:
+    """One (kind, segment) unit: its fits, its held-out scores, its file (and
+    Figure 3's matrices); returns the unit."""
     config = ws.config
     started = time.perf_counter()
     run, init_seed = unit_draws(config, kind, segment["number"])
@@ -439,10 +594,11 @@ def _fit_one_unit(ws: Workspace, cache, kind: str, segment: dict, *, models, dra
     data = cache.segments(config["nca"]["segment_frames"], indices=[segment["number"]], log=None)[0]
     mixture = backend.to_device(data.mixture, models.module)
     vocals = backend.to_device(data.vocals, models.module)
+    heldout = _load_heldout(cache, config, table, segment, model, models.module)
     bar.prefix = f"{kind} {segment['id']}"
     measures, matrices = fit_unit(NcaSettings.from_config(config["nca"]), model, mixture, vocals,
                                   init_seed=init_seed, spread_seeds=spread_seeds(config, kind, segment["number"]),
-                                  draws=draws.take, watch=bar)
+                                  draws=draws.take, watch=bar, heldout=heldout)
     bar.close()
     if segment["number"] == FIGURE_SEGMENT:
         target = model.decoder_output(mixture.T).T
@@ -455,17 +611,33 @@ def _fit_one_unit(ws: Workspace, cache, kind: str, segment: dict, *, models, dra
 
 
 #: What every couplings unit file holds (a file without them is damaged).
-UNIT_KEYS = ("config_hash", "code_version", "kind", "segment", "run", "strategies", "baselines", "references")
+UNIT_KEYS = ("config_hash", "code_version", "kind", "segment", "run", "strategies", "baselines", "references",
+             "heldout")
+#: What the file of a skipped unit (its drawn run is dead) holds.
+SKIPPED_KEYS = ("config_hash", "code_version", "kind", "segment", "run", "skipped")
+
+
+def unit_json_damage(path: Path) -> str | None:
+    """Why a couplings unit's JSON file is damaged (None: it is not): not
+    JSON, or without :data:`UNIT_KEYS` (:data:`SKIPPED_KEYS` for a skipped unit)."""
+    reason = preflight.json_damage(path, SKIPPED_KEYS[:5])
+    if reason is not None:
+        return reason
+    unit = json.loads(Path(path).read_text(encoding="utf-8"))
+    return preflight.json_damage(path, SKIPPED_KEYS if "skipped" in unit else UNIT_KEYS)
 
 
 def unit_damage(path: Path) -> str | None:
     """Why a couplings unit file cannot count as done (None: it can): not
-    JSON, keys missing, or, for the segment of Figure 3, its matrices
-    (the ``.npz`` beside it) missing or damaged."""
-    reason = preflight.json_damage(path, UNIT_KEYS)
+    JSON, keys missing (a unit without held-out scores is incomplete), or,
+    for the segment of Figure 3, its matrices (the ``.npz`` beside it)
+    missing or damaged. A skipped unit needs only :data:`SKIPPED_KEYS`."""
+    reason = unit_json_damage(path)
     if reason is not None:
         return reason
     unit = json.loads(path.read_text(encoding="utf-8"))
+    if "skipped" in unit:
+        return None
     if unit["segment"].get("number") != FIGURE_SEGMENT:
         return None
     matrices = path.with_suffix(".npz")
@@ -477,12 +649,18 @@ def unit_damage(path: Path) -> str | None:
 
 
 def unit_line(unit: dict) -> str:
+    seg = unit["segment"]
+    if "skipped" in unit:
+        return f"couplings {unit['kind']} {seg['id']} ({seg['track']} #{seg['index']}): skipped, {unit['skipped']}"
     parts = [f"{s} TOD-R {m['tod_r']:.3g}, SNR {m['snr_model_db']:.1f} dB, error {m['relative_error']:.3g}"
              f"{'' if m['converged'] else ' (not converged)'}" for s, m in unit["strategies"].items()]
     refs = unit["references"]
     parts.append(f"min-norm TOD-R {refs['min_norm']['tod_r']:.3g}, mean local map TOD-R "
                  f"{refs['mean_local_map']['tod_r']:.3g}, rank X {refs['rank']} of F {refs['n_freq']}")
-    seg = unit["segment"]
+    scores = unit.get("heldout", {}).get("scores", {})
+    if "ridge" in scores and OTHER_TRACKS in scores["ridge"]:
+        parts.append(f"held-out SNR (other tracks) ridge {scores['ridge'][OTHER_TRACKS]['snr_model_db']:.1f} dB, "
+                     f"V X⁺ {scores['min_norm'][OTHER_TRACKS]['snr_model_db']:.1f} dB")
     return (f"couplings {unit['kind']} {seg['id']} ({seg['track']} #{seg['index']}, run {unit['run']}, "
             f"{unit['seconds']:.1f} s): " + "; ".join(parts))
 

@@ -148,3 +148,25 @@ def test_renderers_show_every_row():
     parsed = list(csv.DictReader(io.StringIO(claims.claims_csv(rows))))
     assert len(parsed) == len(rows) and tuple(parsed[0]) == claims.COLUMNS
     assert parsed[0]["verdict"] == claims.HOLDS and float(parsed[0]["estimate"]) < 0
+
+
+def test_snr_claims_are_also_tested_on_heldout_scores():
+    records = records_of(PAPER_TOD_R, PAPER_SNR)
+    for record in records:  # held out, the student falls below the compositional and the linear composition
+        record["heldout"] = {"scores": {
+            "student": {"other_tracks": {"snr_model_db": record["strategies"]["student"]["snr_model_db"] - 40}},
+            "compositional": {"other_tracks": {"snr_model_db": record["strategies"]["compositional"]["snr_model_db"]}},
+            "linear": {"other_tracks": {"snr_model_db": record["baselines"]["linear"]["snr_model_db"]}}}}
+    rows = claims.claims(records, heldout_group="other_tracks")
+    assert len(rows) == len(claims.claims(records)) + 2 + 3
+    held = [row for row in rows if "held-out" in row["measure_a"]]
+    assert [row["claim"] for row in held] == ["iv", "iv", "v", "v", "v"]
+    assert all(row["verdict"] == claims.FAILS for row in held if row["measure_a"].startswith("student"))
+    in_sample = [row for row in rows if row["claim"] in ("iv", "v") and "held-out" not in row["measure_a"]]
+    assert {row["verdict"] for row in in_sample} == {claims.HOLDS}
+    compositional = next(row for row in held if row["claim"] == "iv" and row["measure_a"].startswith("compositional"))
+    assert compositional["verdict"] == claims.HOLDS and "(other tracks)" in compositional["measure_b"]
+    # a measure the records lack drops every pair and is not identified
+    rows = claims.claims(records, tod_r_measures=claims.ALL_TOD_R)
+    ridge = [row for row in rows if row["measure_a"] == "pooled ridge TOD-R"]
+    assert ridge and all(row["verdict"] == claims.UNIDENTIFIED for row in ridge)

@@ -320,3 +320,93 @@ def test_wall_time_records_keep_each_device_and_survive_damage(tmp_path, monkeyp
     path.write_text("{")
     record_time(tmp_path, "train", Shard(), 1.5)  # a damaged record starts again
     assert json.loads(path.read_text())["seconds"] == 1.5
+
+
+def _overlaps(a, b):
+    return (a["track"] == b["track"] and a["start_frame"] < b["start_frame"] + b["frames"]
+            and b["start_frame"] < a["start_frame"] + a["frames"])
+
+
+#: The matrices every unit scores on held-out frames.
+SCORED = {"student", "compositional", "min_norm", "nearest_identity", "mean_local_map", "linear", "identity",
+          "ridge", "pooled_ridge"}
+
+
+def test_units_are_scored_on_heldout_segments_apart_from_their_own(reference):
+    workdir, _ = reference
+    segments = {row["id"]: row for row in json.loads(next((workdir / "couplings").rglob("segments.json")).read_text())}
+    config = load_profile(str(PROFILE))
+    units = sorted((workdir / "couplings").rglob("s[0-9]*.json"))
+    assert len(units) == 3 * len(segments)
+    for path in units:
+        unit = json.loads(path.read_text())
+        chosen = unit["heldout"]["segments"]
+        same, other = chosen["same_track"], chosen["other_tracks"]
+        # one test track of five segments: the four others, at most nca.heldout_same of them
+        assert len(same) == min(config["nca"]["heldout_same"], len(segments) - 1) and other == []
+        for segment_id in same:
+            assert not _overlaps(segments[segment_id], unit["segment"]) and segment_id != unit["segment"]["id"]
+            assert segments[segment_id]["track"] == unit["segment"]["track"]
+        assert set(unit["heldout"]["scores"]) == SCORED
+        for name, score in unit["heldout"]["scores"].items():
+            assert numpy.isfinite(score["same_track"]["snr_model_db"]), (path, name)
+        ridge, pooled = unit["references"]["ridge"], unit["references"]["pooled_ridge"]
+        assert ridge["alpha"] > 0 and ridge["pooled_segments"] == 0 and pooled["pooled_segments"] == 1
+        assert set(unit["heldout"]["scores"]["pooled_ridge"]["same_track"]["per_block_snr_db"]) \
+            == set(pooled["scored_same_track"]) == set(same[1:])
+    kinds_of_segment = {}
+    for path in units:  # every model kind is scored on the same frames of a segment
+        unit = json.loads(path.read_text())
+        kinds_of_segment.setdefault(unit["segment"]["id"], set()).add(tuple(unit["heldout"]["segments"]["same_track"]))
+    assert all(len(chosen) == 1 for chosen in kinds_of_segment.values())
+
+
+def test_report_has_heldout_scores_and_the_claims_tested(reference):
+    results = _results(reference[0])
+    report = (results / "report.md").read_text()
+    for needle in ("## Held-out scores", "## The paper's claims, tested", "## Replication of the paper's tables",
+                   "**Which couplings describe the network beyond the frames they were fitted on.**"):
+        assert needle in report
+    heldout = (results / "heldout_scores.csv").read_text().splitlines()
+    assert len(heldout) == 1 + len(SCORED) * len(KINDS)
+    claims = (results / "claims.csv").read_text().splitlines()
+    assert len(claims) > 10
+    verdicts = {line.rsplit(",", 2)[-2] for line in claims[1:]}
+    assert verdicts <= {"holds", "does not hold", "not identified on this data"}
+
+
+def test_units_of_dead_runs_are_skipped_and_reported(reference, tmp_path, monkeypatch):
+    import shutil
+
+    from nca_np import couplings
+    from nca_np.report.stage import report_stage
+    from nca_np.workspace import Workspace
+
+    workdir = tmp_path / "work"
+    shutil.copytree(reference[0], workdir, symlinks=True)
+    config = load_profile(str(PROFILE))
+    ws = Workspace(workdir, config, ())
+    dae_units = sorted((ws.couplings_dir / "dae").glob("s*"))
+    for path in dae_units:
+        path.unlink()
+    dead_run = couplings.unit_draws(config, "dae", 0)[0]
+    real = couplings.recorded_health
+
+    def health(run_dir):
+        if Path(run_dir) == ws.run_dir("dae", dead_run):
+            return {"dead": True, "reason": "every unit of layer 1 is off on every frame"}
+        return real(run_dir)
+
+    monkeypatch.setattr(couplings, "recorded_health", health)
+    lines = []
+    couplings.couplings_stage(ws, progress=False, log=lines.append)
+    skipped = [json.loads(p.read_text()) for p in sorted((ws.couplings_dir / "dae").glob("s*.json"))]
+    skipped = [u for u in skipped if "skipped" in u]
+    assert skipped and all(u["run"] == dead_run and "strategies" not in u for u in skipped)
+    assert any("skipped, run" in line for line in lines)
+    assert couplings.unit_damage(ws.couplings_dir / "dae" / f"{skipped[0]['segment']['id']}.json") is None
+    report = report_stage(ws, log=lambda *_: None).read_text()
+    assert f"{len(skipped)} unit{'s' if len(skipped) > 1 else ''} left out, their drawn run dead: DAE" in report
+    table1 = (ws.results_dir / "table1_tod_r.csv").read_text().splitlines()
+    n_segments = len(json.loads((ws.couplings_dir / "segments.json").read_text()))
+    assert table1[1].split(",")[0] == "DAE" and table1[1].split(",")[3] == str(n_segments - len(skipped))

@@ -199,3 +199,26 @@ def test_the_sdr_axis_spans_a_few_db_and_takes_in_the_baselines(tmp_path):
                               run_sdr={kind: [2.0, 2.1] for kind in MODELS},
                               baselines={"Mixture (baseline)": -14.0, "Oracle IRM stereo (baseline)": 6.5})
     assert (tmp_path / "sdr.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_trajectories_show_the_levels_a_fit_is_read_against(tmp_path, monkeypatch):
+    drawn = {}
+    monkeypatch.setattr(figures, "_save_png", lambda figure, path, dpi: drawn.setdefault("figure", figure))
+
+    def unit(number):
+        fit = {"trajectory": [{"iteration": i, "tod_r": 2.0 + i / 10, "relative_error": 3.0 - i / 10}
+                              for i in (0, 5, 10)], "nearest_exact_to_init": {"tod_r": 1.5 + number}}
+        return {"kind": "dae", "segment": {"number": number},
+                "strategies": {"student": fit, "compositional": dict(fit)},
+                "references": {"min_norm": {"tod_r": 0.2}, "mean_local_map": {"tod_r": 1.1}}}
+
+    figures.plot_nca_trajectories(tmp_path / "t.png", [unit(0)], {"dae": "DAE"}, ["student", "compositional"])
+    top, bottom = drawn["figure"].axes[:2]
+    labels = [line.get_label() for line in top.get_lines()]
+    assert "student (1 segment)" in labels and "student (1 segments)" not in labels
+    assert [level.get_ydata()[0] for level in top.get_lines() if "nearest the" in level.get_label()] == [1.5]
+    assert not any("compositional's initial" in label for label in labels)  # not free: not drawn
+    assert [line.get_ydata()[0] for line in bottom.get_lines() if line.get_label() == "C = 0"] == [1.0]
+    for formatter in (top.yaxis.get_major_formatter(), top.yaxis.get_minor_formatter()):
+        assert formatter(4.0) in ("4", "") and formatter(0.5) in ("0.5", "")  # plain, not 4×10⁰
+    assert top.yaxis.get_minor_formatter()._num_to_string(4.0, 1.0, 10.0) == "4"

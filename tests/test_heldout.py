@@ -147,3 +147,55 @@ def test_ridge_choice_breaks_ties_towards_the_larger_alpha():
     assert choice.alpha == 1.0 and [e["alpha"] for e in choice.path] == [1e-3, 1.0, 1e-1]
     with pytest.raises(heldout.HeldOutError, match="no alpha"):
         heldout.cross_validated_ridge("dae", fit, fit, alphas=[])
+
+
+# ------------------------------------------------------------ a unit's held-out scores
+
+
+def _unit_inputs(n_freq=12, n_frames=8):
+    from nca_np.models import build_model
+
+    rng = numpy.random.default_rng(5)
+    model = build_model("sf", n_freq, seed=3)
+    block = lambda: numpy.abs(rng.standard_normal((n_freq, n_frames))).astype(numpy.float32)  # noqa: E731
+    return model, block(), block(), {"same_track": [("s1", block()), ("s2", block()), ("s3", block())],
+                                      "other_tracks": [("s7", block()), ("s9", block())]}
+
+
+def test_fit_unit_scores_every_matrix_on_both_groups_and_adds_only_new_keys():
+    from nca_np import heldout as heldout_module
+    from nca_np.couplings import NcaSettings, fit_unit, heldout_frames
+
+    model, mixture, vocals, blocks = _unit_inputs()
+    settings = NcaSettings(iterations=5, max_iterations=5, checkpoint_every=5)
+    alone, matrices = fit_unit(settings, model, mixture, vocals, init_seed=1)
+    measures, again = fit_unit(settings, model, mixture, vocals, init_seed=1,
+                               heldout=heldout_frames(model, blocks))
+    assert "heldout" not in alone and "ridge" not in alone["references"]
+    # the existing numbers do not change when held-out blocks are given
+    assert measures["strategies"]["student"]["tod_r"] == alone["strategies"]["student"]["tod_r"]
+    assert measures["references"]["min_norm"] == alone["references"]["min_norm"]
+    assert measures["baselines"] == alone["baselines"]
+    assert all(numpy.array_equal(again[key], matrices[key]) for key in matrices)
+    heldout = measures["heldout"]
+    assert heldout["segments"] == {"same_track": ["s1", "s2", "s3"], "other_tracks": ["s7", "s9"]}
+    assert set(heldout["scores"]) == {"student", "compositional", "min_norm", "nearest_identity", "mean_local_map",
+                                      "linear", "identity", "ridge", "pooled_ridge"}
+    for name, groups in heldout["scores"].items():
+        assert set(groups) == {"same_track", "other_tracks"}, name
+        assert groups["other_tracks"]["frames"] == 16 and math.isfinite(groups["other_tracks"]["snr_model_db"])
+    # the pooled ridge pools k = max(1, ⌈12/8⌉ − 1) = 1 same-track segment and is scored on the other two only
+    pooled = measures["references"]["pooled_ridge"]
+    assert pooled["pooled_segments"] == 1 and pooled["scored_same_track"] == ["s2", "s3"]
+    assert set(heldout["scores"]["pooled_ridge"]["same_track"]["per_block_snr_db"]) == {"s2", "s3"}
+    ridge = measures["references"]["ridge"]
+    assert ridge["alpha"] in heldout_module.DEFAULT_ALPHAS and ridge["pooled_segments"] == 0
+    # the ridge's in-sample numbers are its measures on the fitting segment
+    assert math.isfinite(ridge["tod_r"]) and math.isfinite(ridge["snr_model_db"])
+    # the identity scores the SNR of the mixture against the model's output, as in sample
+    identity = heldout["scores"]["identity"]["other_tracks"]["snr_model_db"]
+    frames = heldout_frames(model, blocks)["other_tracks"]
+    output = numpy.concatenate([f.output for f in frames], axis=1).astype(numpy.float64)
+    X = numpy.concatenate([f.X for f in frames], axis=1).astype(numpy.float64)
+    expected = 10 * math.log10((output ** 2).sum() / ((output - X * X) ** 2).sum())  # SF: Ŷ(I) = X ⊙ X
+    assert identity == pytest.approx(expected, rel=1e-9)

@@ -29,7 +29,7 @@ N_FREQ, N_FRAMES, SAMPLE_RATE, N_FFT = 16, 8, 44100, 30
 TEST_DPI = 30
 TEXT_FILES = ["report.md", "table1_tod_r.csv", "table2_snr_model.csv", "table3_snr_true.csv",
               "tables.json", "metadata.json", "exact_references.csv", "nca_convergence.csv",
-              "nca_diagnostics.json"]
+              "nca_diagnostics.json", "claims.csv"]
 
 
 def reference(tod_r, snr=12.0, error=0.0):
@@ -452,12 +452,12 @@ def test_the_note_says_what_tod_r_measures_when_fits_did_not_converge_or_are_und
     note = report_diagnostics.measurement_note(report_diagnostics.diagnose(units, kinds=KINDS, strategies=STRATEGIES), STRATEGIES)
     assert "underdetermined on 9 of 9 segments (rank X = 8 < F = 16" in note
     assert "DAE 1.20 to 101.00" in note  # nearest the student's initial C, nearest the identity
-    assert "converged by" not in note  # every fit converged
+    assert "stopped changing by" not in note  # every fit converged
     assert "stop above the minimum of their own loss" in note and "DAE 0.00 against 0.10" in note
 
     units[4]["strategies"]["compositional"]["converged"] = False
     note = report_diagnostics.measurement_note(report_diagnostics.diagnose(units, kinds=KINDS, strategies=STRATEGIES), STRATEGIES)
-    assert "17 of 18 NCA fits converged" in note and "NCA compositional 8 of 9" in note
+    assert "17 of 18 NCA fits stopped changing" in note and "NCA compositional 8 of 9" in note
 
     for unit in units:
         unit["references"].update(rank=N_FREQ, determined=True)
@@ -471,7 +471,9 @@ def test_the_note_says_what_tod_r_measures_when_fits_did_not_converge_or_are_und
 def test_report_md_opens_with_the_note_and_has_the_new_tables(written):
     text = (written[0][0] / "report.md").read_text()
     title, rest = text.split("\n", 1)
-    assert rest.lstrip().startswith("**What the TOD-R column measures here.**")
+    headline, note = rest.lstrip().split("\n\n")[:2]
+    assert headline.startswith("With T < F the exact solutions of C X = V form a family")  # rank 8 < F = 16
+    assert note.startswith("**What the TOD-R column measures here.**")
     assert "## Exact references" in text and "## Convergence of the NCA" in text
     assert "| least squares, minimum norm: V X⁺ | 5.00 (0.82) | 12.00 (0.00) |" in text
     assert "| identity | inf |" in text
@@ -572,3 +574,120 @@ def test_the_glossary_names_functions_that_exist():
         for attribute in attributes:
             assert hasattr(value, attribute), name
             value = getattr(value, attribute)
+
+
+# ------------------------------------------------------------- held-out scores and claims
+
+HELDOUT_NAMES = ("student", "compositional", "min_norm", "nearest_identity", "mean_local_map", "ridge",
+                 "pooled_ridge", "linear", "identity")
+
+
+def with_heldout(unit, offset=0.0):
+    """The unit with held-out scores of every matrix (other tracks: in-sample SNR − 10 dB + offset)
+    and ridge couplings, as the couplings stage writes them."""
+    unit = dict(unit)
+    number = unit["segment"]["number"]
+    scores = {name: {"same_track": {"snr_model_db": 1.0 + number, "relative_error": 0.5, "frames": 8},
+                     "other_tracks": {"snr_model_db": -2.0 + number + offset + (5.0 if "ridge" in name else 0.0),
+                                      "relative_error": 0.9, "frames": 8}} for name in HELDOUT_NAMES}
+    unit["heldout"] = {"segments": {"same_track": ["s0009"], "other_tracks": ["s0010", "s0011"]},
+                       "scores": scores, "seconds": 0.1}
+    unit["references"] = {**unit["references"],
+                          "ridge": {**reference(2.0 + number), "alpha": 10.0 ** -number, "pooled_segments": 0},
+                          "pooled_ridge": {**reference(3.0), "alpha": 0.01, "pooled_segments": 1}}
+    return unit
+
+
+def heldout_inputs():
+    inputs = report_inputs()
+    inputs["units"] = [with_heldout(u) for u in inputs["units"]]
+    return inputs
+
+
+def test_report_has_the_heldout_table_and_the_claims_with_computed_verdicts(tmp_path):
+    paths = report.write_report(tmp_path, dpi=TEST_DPI, **heldout_inputs())
+    names = {p.name for p in paths}
+    assert {"heldout_scores.csv", "heldout_scores.json", "claims.csv"} <= names
+    text = (tmp_path / "report.md").read_text()
+    assert "## Held-out scores" in text and "## The paper's claims, tested" in text
+    assert "## Replication of the paper's tables" in text
+    assert text.index("## Held-out scores") < text.index("## Replication of the paper's tables")
+    # other tracks: segments 0, 1, 2 give −2, −1, 0 dB (mean −1) for most matrices, +5 dB for the ridges
+    rows = {(r["couplings"], r["model"]): r for r in csv.DictReader((tmp_path / "heldout_scores.csv").open())}
+    assert float(rows["min_norm", "DAE"]["heldout_other_tracks_snr_db_mean"]) == pytest.approx(-1.0)
+    assert float(rows["ridge", "SF"]["heldout_other_tracks_snr_db_mean"]) == pytest.approx(4.0)
+    assert float(rows["ridge", "SF"]["tod_r_mean"]) == pytest.approx(3.0)
+    assert rows["identity", "DAE"]["tod_r_mean"] == "inf"
+    # the opening says which generalise, from those numbers
+    headline = next(p for p in text.split("\n\n") if p.startswith("**Which couplings"))
+    beat, fail = headline.split("Those that do not:")
+    assert "ridge, α chosen on same-track segments (DAE 4.0" in beat and "V X⁺" in fail and "V X⁺" not in beat
+    # the exact references table carries the held-out SNR beside TOD-R and SNR
+    assert "| least squares, minimum norm: V X⁺ | 5.00 (0.82) | 12.00 (0.00) | 2.00 (0.82) / -1.00 (0.82) |" in text
+    claims_rows = list(csv.DictReader((tmp_path / "claims.csv").open()))
+    verdicts = {r["verdict"] for r in claims_rows}
+    assert verdicts <= {"holds", "does not hold", "not identified on this data"} and len(claims_rows) > 10
+    held = [r for r in claims_rows if "held-out SNR (other tracks)" in r["measure_a"]]
+    assert held and all(r["claim"] in ("iv", "v") for r in held)
+    assert any(r["measure_a"] == "ridge (cross-validated) TOD-R" for r in claims_rows)
+
+
+def test_the_ridge_alpha_per_model_is_reported():
+    units = [with_heldout(u) for u in make_units()]
+    table = report_diagnostics.heldout_table(units, kinds=KINDS, strategies=STRATEGIES)
+    # α = 1, 0.1, 0.01 on segments 0, 1, 2
+    assert table["ridge"]["dae"]["ridge"]["alpha"]["median"] == pytest.approx(0.1)
+    assert (table["ridge"]["dae"]["ridge"]["alpha"]["min"], table["ridge"]["dae"]["ridge"]["alpha"]["max"]) == \
+        pytest.approx((0.01, 1.0))
+    assert "ridge α median 0.100000 (range 0.010000–1.000000)" in report_diagnostics.heldout_caption(table)
+
+
+def test_skipped_dead_units_and_diverged_fits_are_counted_not_averaged(tmp_path):
+    inputs = heldout_inputs()
+    dead = inputs["units"][1]  # DAE, segment 1
+    inputs["units"][1] = {key: dead[key] for key in ("config_hash", "code_version", "kind", "segment", "run",
+                                                     "composition")}
+    inputs["units"][1]["skipped"] = "run 1 is dead: the decoder output is zero on every frame"
+    inputs["units"][3]["strategies"]["student"]["diverged"] = True  # MSS-DAE, segment 0
+    inputs["units"][3]["strategies"]["student"]["tod_r"] = 1e30
+    report.write_report(tmp_path, dpi=TEST_DPI, **inputs)
+    text = (tmp_path / "report.md").read_text()
+    assert "1 unit left out, their drawn run dead: DAE s0001 (run 1)." in text
+    table1 = {r["model"]: r for r in csv.DictReader((tmp_path / "table1_tod_r.csv").open())}
+    assert table1["DAE"]["student_n"] == "2"
+    assert float(table1["DAE"]["student_mean"]) == pytest.approx((1.0 + 3.0) / 2)
+    assert table1["MSS-DAE"]["student_n"] == "2"  # the diverged fit left out
+    assert float(table1["MSS-DAE"]["student_mean"]) == pytest.approx((3.0 + 4.0) / 2)
+    convergence = {(r["model"], r["strategy"]): r for r in csv.DictReader((tmp_path / "nca_convergence.csv").open())}
+    assert convergence["MSS-DAE", "student"]["diverged"] == "1"
+    assert "(1 diverged)" in text
+    diagnostics = json.loads((tmp_path / "nca_diagnostics.json").read_text())
+    assert diagnostics["skipped"] == [{"kind": "dae", "segment": "s0001", "run": 1,
+                                       "reason": "run 1 is dead: the decoder output is zero on every frame"}]
+
+
+def test_table1_bolds_no_strategy_whose_tod_r_stayed_at_its_initialisation(tmp_path):
+    inputs = report_inputs()
+    for unit in inputs["units"]:  # the student's TOD-R equals its initial C's
+        entry = unit["strategies"]["student"]
+        entry["trajectory"] = [{"iteration": 0, "tod_r": entry["tod_r"], "relative_error": 2.0}]
+    report.write_report(tmp_path, dpi=TEST_DPI, **inputs)
+    text = (tmp_path / "report.md").read_text()
+    table1 = text[text.index("### Table 1"):text.index("### Table 2")]
+    assert "No bold in the column of NCA student" in table1
+    assert "| DAE | 3 | 2.00 (0.82) | **" in table1  # the compositional's smallest mean stays bold
+    assert table1.count("**") == 2
+    assert "The TOD-R of the NCA student is its initialisation's" in text
+
+
+def test_a_report_of_only_skipped_units_says_so_without_tables(tmp_path):
+    inputs = report_inputs()
+    inputs["units"] = [{**{key: u[key] for key in ("config_hash", "code_version", "kind", "segment", "run")},
+                        "skipped": "run 0 is dead: its output is zero on all 8 sample frames"}
+                       for u in inputs["units"]]
+    inputs["figure_segment"] = {"track": "track 0", "segment_index": 1}
+    paths = report.write_report(tmp_path, dpi=TEST_DPI, **inputs)
+    text = (tmp_path / "report.md").read_text()
+    assert "**No couplings were fitted.** All 9 couplings units were skipped" in text
+    assert "its output is zero on all 8 sample frames" in text and "## Training runs" in text
+    assert not (tmp_path / "table1_tod_r.csv").exists() and (tmp_path / "metadata.json") in paths

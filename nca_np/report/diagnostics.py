@@ -78,7 +78,8 @@ def _reference_rows(strategies) -> list[tuple[str, str, tuple | None, tuple]]:
              ("references", "min_norm", "snr_model_db")),
             ("mean_local_map", "mean local map (Eq. 14, true gates)", ("references", "mean_local_map", "tod_r"),
              ("references", "mean_local_map", "snr_model_db"))]
-    rows += [(f"nearest_init_{s}", f"least squares, nearest the {get_strategy(s).label}'s initial C",
+    rows += [(f"nearest_init_{s}", f"least squares, nearest the {get_strategy(s).label}'s initial C"
+              + ("" if get_strategy(s).free else " (outside the C the strategy can reach)"),
               ("strategies", s, "nearest_exact_to_init", "tod_r"),
               ("strategies", s, "nearest_exact_to_init", "snr_model_db")) for s in strategies]
     rows.append(("nearest_identity", "least squares, nearest the identity", ("references", "nearest_identity", "tod_r"),
@@ -99,6 +100,9 @@ def _references_table(by_kind: dict, kinds, strategies) -> dict:
             units = by_kind[kind]
             tod = [math.inf] * len(units) if tod_path is None else [_get(u, tod_path) for u in units]
             cells[kind] = {"tod_r": _stats(tod), "snr_model_db": _stats(_get(u, snr_path) for u in units)}
+            for group in HELDOUT_GROUPS:  # the nearest-init solutions are not scored on held-out frames
+                cells[kind][group] = _stats(_value(u, ("heldout", "scores", key, group, "snr_model_db"))
+                                            for u in units)
         rows.append({"key": key, "label": label, "cells": cells})
     return {"title": "Exact references beside the NCA: TOD-R and SNR (dB) between ŷ and Ŷ(C)",
             "kinds": list(kinds), "rows": rows}
@@ -133,6 +137,7 @@ def _convergence_table(by_kind: dict, kinds, strategies) -> dict:
                 "kind": kind, "model": display_name(kind), "strategy": strategy,
                 "label": get_strategy(strategy).label, "fits": len(units),
                 "converged": sum(bool(v) for v in values("converged")),
+                "diverged": sum(bool(u["strategies"][strategy].get("diverged")) for u in units),
                 "relative_error": _stats(values("relative_error")),
                 "least_squares_error": least_squares,
                 "loss_fall": _stats(values("loss_fall")),
@@ -211,9 +216,11 @@ def _markdown(header, rows) -> str:
 
 def references_markdown(diagnostics: dict) -> str:
     table = diagnostics["exact_references"]
-    header = ["Couplings C"] + [f"{display_name(k)} {what}" for k in table["kinds"] for what in ("TOD-R", "SNR (dB)")]
-    rows = [[row["label"]] + [_mean_std(row["cells"][k][what]) for k in table["kinds"]
-                              for what in ("tod_r", "snr_model_db")]
+    header = ["Couplings C"] + [f"{display_name(k)} {what}" for k in table["kinds"]
+                                for what in ("TOD-R", "SNR (dB)", "held-out SNR, same / other tracks")]
+    rows = [[row["label"]] + [text for k in table["kinds"] for text in (
+                _mean_std(row["cells"][k]["tod_r"]), _mean_std(row["cells"][k]["snr_model_db"]),
+                " / ".join(_mean_std(row["cells"][k].get(g, _stats([]))) for g in HELDOUT_GROUPS))]
             for row in table["rows"]]
     return _markdown(header, rows)
 
@@ -234,7 +241,8 @@ def _spread_text(spread: dict) -> str:
 
 
 def convergence_markdown(diagnostics: dict) -> str:
-    header = ["Model", "Strategy", "converged", "relative error ‖V − CX‖₁/‖V‖₁, median (max)",
+    header = ["Model", "Strategy", "loss stopped changing (diverged)",
+              "relative error ‖V − CX‖₁/‖V‖₁, median (max)",
               "same for V X⁺, median", "loss fall over the last 10 %, median", "iterations", "student problem determined (rank X of F)",
               "TOD-R range over seeds, median width"]
     rows = []
@@ -243,7 +251,8 @@ def convergence_markdown(diagnostics: dict) -> str:
         iterations = (f"{its['min']:.0f}" if its["min"] == its["max"] else f"{its['min']:.0f}–{its['max']:.0f}") \
             if its["n"] else "–"
         ranks = f"{rank['min']:.0f}" if rank["min"] == rank["max"] else f"{rank['min']:.0f}–{rank['max']:.0f}"
-        rows.append([row["model"], row["label"], _ratio(row["converged"], row["fits"]),
+        rows.append([row["model"], row["label"], _ratio(row["converged"], row["fits"])
+                     + (f" ({row.get('diverged', 0)} diverged)" if row.get("diverged") else ""),
                      f"{_fmt(error['median'], 3)} ({_fmt(error['max'], 3)})",
                      _fmt(row["least_squares_error"]["median"], 3), _percent(fall["median"]),
                      iterations, f"{_ratio(row['determined'], row['segments'])} (rank {ranks} of {row['n_freq']})",
@@ -270,10 +279,13 @@ def references_csv(diagnostics: dict) -> str:
         for kind, cell in row["cells"].items():
             tod, snr = cell["tod_r"], cell["snr_model_db"]
             tod_mean = "inf" if tod["all_inf"] else _csv_number(tod["mean"])
+            heldout = [v for g in HELDOUT_GROUPS for v in (_csv_number(cell[g]["mean"]), _csv_number(cell[g]["std"]),
+                                                           cell[g]["n"])]
             rows.append([row["key"], display_name(kind), tod_mean, _csv_number(tod["std"]), tod["n"],
-                         _csv_number(snr["mean"]), _csv_number(snr["std"]), snr["n"]])
+                         _csv_number(snr["mean"]), _csv_number(snr["std"]), snr["n"], *heldout])
     return _csv(["couplings", "model", "tod_r_mean", "tod_r_std", "tod_r_n", "snr_model_db_mean",
-                 "snr_model_db_std", "snr_model_db_n"], rows)
+                 "snr_model_db_std", "snr_model_db_n"]
+                + [f"heldout_{g}_snr_db_{s}" for g in HELDOUT_GROUPS for s in ("mean", "std", "n")], rows)
 
 
 def convergence_csv(diagnostics: dict) -> str:
@@ -281,11 +293,12 @@ def convergence_csv(diagnostics: dict) -> str:
              _csv_number(r["relative_error"]["max"]), _csv_number(r["least_squares_error"]["median"]),
              _csv_number(r["loss_fall"]["median"]),
              _csv_number(r["iterations"]["min"]), _csv_number(r["iterations"]["max"]), r["determined"],
-             r["segments"], _csv_number(r["rank"]["median"]), r["n_freq"], _csv_number(r["spread"]["median_width"])]
+             r["segments"], _csv_number(r["rank"]["median"]), r["n_freq"], _csv_number(r["spread"]["median_width"]),
+             r.get("diverged", 0)]
             for r in diagnostics["convergence"]["rows"]]
     return _csv(["model", "strategy", "fits", "converged", "relative_error_median", "relative_error_max",
                  "least_squares_relative_error_median", "loss_fall_median", "iterations_min", "iterations_max", "determined", "segments", "rank_median",
-                 "n_freq", "tod_r_range_median_width"], rows)
+                 "n_freq", "tod_r_range_median_width", "diverged"], rows)
 
 
 def _row(diagnostics: dict, key: str) -> dict:
@@ -343,9 +356,10 @@ def _unconverged_text(diagnostics: dict, strategies, converged: int, fits: int) 
         f"{sum(r['fits'] for r in rows if r['strategy'] == s)} (median relative error "
         + ", ".join(f"{r['model']} {_fmt(r['relative_error']['median'], 2)}" for r in rows if r["strategy"] == s)
         + ")" for s in strategies)
-    return (f"{converged} of {fits} NCA fits converged by this project's rule (their loss changed by less than "
-            f"{100 * diagnostics['tolerance']:g} % over the last {window:g} % of their iterations, "
-            f"docs/method.md#convergence): {per_strategy}; the relative error ‖V − C X‖₁ / ‖V‖₁ is 1 for C = 0. "
+    return (f"{converged} of {fits} NCA fits stopped changing by this project's rule (their loss changed by less "
+            f"than {100 * diagnostics['tolerance']:g} % over the last {window:g} % of their iterations, "
+            f"docs/method.md#convergence; a loss can stop moving far from its minimum, so the relative error is "
+            f"given beside it): {per_strategy}; the relative error ‖V − C X‖₁ / ‖V‖₁ is 1 for C = 0. "
             "The TOD-R of a fit that has not converged is a snapshot of a matrix that was still changing, "
             "not yet a property of the model.")
 
@@ -408,13 +422,202 @@ def references_caption(diagnostics: dict) -> str:
 
 def convergence_caption(diagnostics: dict) -> str:
     return (
-        "Per model and strategy: how many fits converged by the rule (loss changed by less than "
+        "Per model and strategy: how many fits' loss stopped changing by the convergence rule (changed by less than "
         f"{100 * diagnostics['tolerance']:g} % between the mean over the last "
         f"{100 * diagnostics['convergence']['window']:g} % of the iterations and the mean over the "
-        f"{100 * diagnostics['convergence']['window']:g} % before); the relative error of the final C (C = 0 "
+        f"{100 * diagnostics['convergence']['window']:g} % before; a fit whose loss became NaN or infinite is "
+        "counted as diverged, and its numbers are left out of every table); the rule says the loss stopped moving, "
+        "which with step halvings can happen far from the minimum, hence the relative error of the final C (C = 0 "
         "scores 1), beside that of the least-squares couplings V X⁺ (a C the student strategy can reach, so "
         "its L1 optimum is at most that; the compositional C is confined to the form W̃_L ⋯ W̃_1); the fall "
         "of the loss over the last 10 % of iterations (of the last stage when η was halved, nca.halvings); iterations run; on how many segments "
         "rank X = F, so that C X = V has at most one solution; and the width max − min of TOD-R over fits of one "
         "segment from different initialisations (nca.init_seeds extra seeds on the first nca.spread_segments "
         "segments).")
+
+
+# ------------------------------------------------------------------ held-out scores
+
+HELDOUT_CSV = "heldout_scores.csv"
+HELDOUT_JSON = "heldout_scores.json"
+#: The groups of held-out blocks (as the units name them) and how the report names them.
+HELDOUT_GROUPS = {"same_track": "same track", "other_tracks": "other tracks"}
+#: A strategy's TOD-R "stayed at its initialisation's" when its median
+#: |TOD-R(final) / TOD-R(initial C) − 1| over segments is below this share
+#: (fixed before any result was looked at).
+INIT_SHARE = 0.05
+
+
+def _value(unit: dict, path: tuple) -> float:
+    """``unit`` at ``path`` as a float, nan where the unit lacks it (a unit
+    without held-out blocks of a group, or without ridge couplings)."""
+    value = unit
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return math.nan
+        value = value[key]
+    return _number(value)
+
+
+def _heldout_rows(strategies) -> list[tuple[str, str, tuple | None, tuple]]:
+    """(key = the matrix's name in ``heldout.scores``, label, path of its
+    TOD-R or None for ∞, path of its in-sample SNR) of every scored matrix."""
+    rows = [(s, get_strategy(s).label, ("strategies", s, "tod_r"), ("strategies", s, "snr_model_db"))
+            for s in strategies]
+    rows += [(key, label, ("references", key, "tod_r"), ("references", key, "snr_model_db")) for key, label in (
+        ("min_norm", "least squares, minimum norm: V X⁺"),
+        ("nearest_identity", "least squares, nearest the identity"),
+        ("mean_local_map", "mean local map (Eq. 14, true gates)"),
+        ("ridge", "ridge, α chosen on same-track segments"),
+        ("pooled_ridge", "ridge fitted on k + 1 segments of the track, α chosen on the others"))]
+    rows += [("linear", "linear composition", ("baselines", "linear", "tod_r"),
+              ("baselines", "linear", "snr_model_db")),
+             ("identity", "identity", None, ("baselines", "identity", "snr_model_db"))]
+    return rows
+
+
+def _heldout_cell(units, key: str, tod_path, snr_path) -> dict:
+    cell = {"tod_r": _stats([math.inf] * len(units) if tod_path is None else [_value(u, tod_path) for u in units]),
+            "snr_model_db": _stats(_value(u, snr_path) for u in units)}
+    for group in HELDOUT_GROUPS:
+        cell[group] = _stats(_value(u, ("heldout", "scores", key, group, "snr_model_db")) for u in units)
+    return cell
+
+
+def _ridge_choices(units) -> dict:
+    """Per ridge: the chosen α (median, min, max over segments) and the segments pooled."""
+    out = {}
+    for key in ("ridge", "pooled_ridge"):
+        out[key] = {"alpha": _stats(_value(u, ("references", key, "alpha")) for u in units),
+                    "pooled_segments": _stats(_value(u, ("references", key, "pooled_segments")) for u in units)}
+    return out
+
+
+def heldout_table(units, *, kinds, strategies) -> dict | None:
+    """Every scored matrix's TOD-R, in-sample SNR and held-out SNRs per
+    model (docs/method.md#held-out-scores); None when no unit has held-out scores.
+
+    Returns:
+        ``{"title", "kinds", "rows": [{"key", "label", "cells": {kind:
+        {"tod_r", "snr_model_db", "same_track", "other_tracks"}}}],
+        "ridge": {kind: …}, "blocks": {kind: {group: stats of the count}}}``.
+    """
+    if not any("heldout" in u for u in units):
+        return None
+    by_kind = {kind: [u for u in units if u["kind"] == kind] for kind in kinds}
+    rows = [{"key": key, "label": label,
+             "cells": {kind: _heldout_cell(by_kind[kind], key, tod, snr) for kind in kinds}}
+            for key, label, tod, snr in _heldout_rows(strategies)]
+    blocks = {kind: {group: _stats(len(u.get("heldout", {}).get("segments", {}).get(group, []))
+                                   for u in by_kind[kind]) for group in HELDOUT_GROUPS} for kind in kinds}
+    return {"title": "Held-out scores: SNR (dB) between ŷ and Ŷ(C) on segments C was not fitted on",
+            "kinds": list(kinds), "rows": rows, "ridge": {kind: _ridge_choices(by_kind[kind]) for kind in kinds},
+            "blocks": blocks}
+
+
+def heldout_markdown(table: dict) -> str:
+    header = ["Couplings C"] + [f"{display_name(k)} {what}" for k in table["kinds"]
+                                for what in ("TOD-R", "SNR (dB)", "held-out SNR, same track",
+                                             "held-out SNR, other tracks")]
+    rows = [[row["label"]] + [_mean_std(row["cells"][k][what]) for k in table["kinds"]
+                              for what in ("tod_r", "snr_model_db", *HELDOUT_GROUPS)]
+            for row in table["rows"]]
+    return _markdown(header, rows)
+
+
+def heldout_csv(table: dict) -> str:
+    """One row per matrix and model: TOD-R, in-sample and held-out SNRs, mean, std, n."""
+    measures = ("tod_r", "snr_model_db", *(f"heldout_{g}_snr_db" for g in HELDOUT_GROUPS))
+    rows = []
+    for row in table["rows"]:
+        for kind, cell in row["cells"].items():
+            record = [row["key"], display_name(kind)]
+            for stats in (cell["tod_r"], cell["snr_model_db"], *(cell[g] for g in HELDOUT_GROUPS)):
+                mean = "inf" if stats["all_inf"] else _csv_number(stats["mean"])
+                record += [mean, _csv_number(stats["std"]), stats["n"]]
+            rows.append(record)
+    return _csv(["couplings", "model"] + [f"{m}_{s}" for m in measures for s in ("mean", "std", "n")], rows)
+
+
+def _count_text(stats: dict) -> str:
+    if stats["n"] == 0:
+        return "0"
+    return f"{stats['min']:.0f}" if stats["min"] == stats["max"] else f"{stats['min']:.0f}–{stats['max']:.0f}"
+
+
+def heldout_caption(table: dict) -> str:
+    """What the held-out table shows, with the chosen α and the blocks used, per model."""
+    alphas = "; ".join(
+        f"{display_name(k)}: ridge α median {_fmt(r['ridge']['alpha']['median'], 6)} (range "
+        f"{_fmt(r['ridge']['alpha']['min'], 6)}–{_fmt(r['ridge']['alpha']['max'], 6)}), pooled ridge α median "
+        f"{_fmt(r['pooled_ridge']['alpha']['median'], 6)} (range {_fmt(r['pooled_ridge']['alpha']['min'], 6)}–"
+        f"{_fmt(r['pooled_ridge']['alpha']['max'], 6)}, k = {_count_text(r['pooled_ridge']['pooled_segments'])})"
+        for k, r in table["ridge"].items())
+    blocks = "; ".join(f"{display_name(k)} {_count_text(b['same_track'])} same-track and "
+                       f"{_count_text(b['other_tracks'])} other-track segments"
+                       for k, b in table["blocks"].items())
+    return (
+        "Every couplings matrix of a unit scored on segments it was not fitted on (docs/method.md#held-out-scores): "
+        "segments of the same test excerpt and segments of other test tracks, never overlapping the fitting "
+        f"segment, drawn per fitting segment from nca.seed ({blocks} per unit; fewer where fewer exist). "
+        "SNR(ŷ, Ŷ(C)) in dB on each group's frames pooled, mean (std) over segments; C = 0 scores 0 dB, so a "
+        "matrix below 0 dB describes the network on new frames worse than no matrix at all. TOD-R and SNR (dB) "
+        "are in-sample, on the fitting segment. The ridge couplings (docs/method.md#ridge-couplings) choose α "
+        "on the same-track segments, so their same-track SNR is optimistic by that choice (the pooled ridge's is "
+        "on the same-track segments it did not pool); the other-tracks SNR is untouched by any choice and is "
+        f"the headline number. Chosen α (units of σ₁(X)²): {alphas}. "
+        f"CSV: [{HELDOUT_CSV}]({HELDOUT_CSV}); all numbers: [{HELDOUT_JSON}]({HELDOUT_JSON}).")
+
+
+def headline_group(table: dict) -> str | None:
+    """The held-out group the report's headline reads: other tracks where
+    any unit has them, else the same track; None without held-out scores."""
+    for group in ("other_tracks", "same_track"):
+        if any(cell[group]["n"] for row in table["rows"] for cell in row["cells"].values()):
+            return group
+    return None
+
+
+def generalisation_sentence(table: dict) -> str:
+    """Which matrices beat C = 0 (mean held-out SNR above 0 dB) on frames
+    they were not fitted on, for every model, and which do not (computed)."""
+    group = headline_group(table)
+    if group is None:
+        return ""
+    beat, fail = [], []
+    for row in table["rows"]:
+        cells = row["cells"]
+        means = {k: cells[k][group]["mean"] for k in table["kinds"]}
+        text = f"{row['label']} (" + ", ".join(f"{display_name(k)} {_fmt(m, 1)}" for k, m in means.items()) + ")"
+        known = [m for m in means.values() if m is not None]
+        if known and all(m > 0 for m in known):
+            beat.append(text)
+        else:
+            fail.append(text)
+    where = "segments of other test tracks" if group == "other_tracks" else \
+        "other segments of the same track (no other test track; the ridge α was chosen on them)"
+    return (f"**Which couplings describe the network beyond the frames they were fitted on.** On {where}, "
+            "the couplings whose mean held-out SNR(ŷ, Ŷ(C)) in dB beats C = 0's 0 dB for every model: "
+            f"{'; '.join(beat) or 'none'}. Those that do not: {'; '.join(fail) or 'none'} "
+            "(section Held-out scores).")
+
+
+def stayed_at_initialisation(units, strategy: str) -> bool:
+    """True when the strategy's median |TOD-R / TOD-R(initial C) − 1| over
+    its fits is below :data:`INIT_SHARE`: its TOD-R is its initialisation's."""
+    changes = []
+    for unit in units:
+        entry = unit.get("strategies", {}).get(strategy, {})
+        trajectory = entry.get("trajectory") or []
+        if trajectory and trajectory[0].get("iteration") == 0 and _number(trajectory[0].get("tod_r")) > 0:
+            changes.append(abs(_number(entry.get("tod_r")) / _number(trajectory[0]["tod_r"]) - 1))
+    finite = [c for c in changes if math.isfinite(c)]
+    return bool(finite) and float(numpy.median(finite)) < INIT_SHARE
+
+
+def artefact_strategies(units, diagnostics: dict, strategies) -> list[str]:
+    """The strategies whose TOD-R column the report calls an artefact: no
+    fit converged, or their TOD-R stayed at their initialisation's."""
+    rows = diagnostics["convergence"]["rows"]
+    return [s for s in strategies
+            if sum(r["converged"] for r in rows if r["strategy"] == s) == 0 or stayed_at_initialisation(units, s)]

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+from matplotlib.ticker import LogFormatter
 
 from .. import metrics
 from ..models import model_kind
@@ -467,11 +468,67 @@ def _reference_median(units, kind: str, name: str) -> float:
     return float(numpy.nanmedian(values)) if not numpy.isnan(values).all() else math.nan
 
 
+class _PlainLogFormatter(LogFormatter):
+    """Log-axis tick labels as plain numbers ("4", "0.5"), not "4×10⁰"."""
+
+    def _num_to_string(self, x, vmin, vmax):
+        return f"{x:g}"
+
+
+def _plain_log_ticks(axis) -> None:
+    axis.yaxis.set_major_formatter(_PlainLogFormatter())
+    axis.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False))
+
+
+def _nearest_init_median(units, kind: str, strategy: str) -> float:
+    """Median TOD-R of the exact solutions nearest a strategy's initial C."""
+    values = _positive(u["strategies"][strategy].get("nearest_exact_to_init", {}).get("tod_r") for u in units
+                       if u["kind"] == kind and strategy in u.get("strategies", {}))
+    return float(numpy.nanmedian(values)) if values.size and not numpy.isnan(values).all() else math.nan
+
+
+def _segments_label(strategy: str, n: int) -> str:
+    return f"{strategy} ({n} segment{'' if n == 1 else 's'})"
+
+
+def _draw_trajectories(top, bottom, units, kind: str, strategies) -> bool:
+    """One thin line per fit and measure; True when anything was drawn."""
+    drawn = False
+    for colour, strategy in enumerate(strategies):
+        fits = [u["strategies"][strategy] for u in units if u["kind"] == kind and strategy in u.get("strategies", {})]
+        for index, fit in enumerate(fits):
+            label = _segments_label(strategy, len(fits)) if index == 0 else None
+            for axis, key in ((top, "tod_r"), (bottom, "relative_error")):
+                iterations, values = _trajectory(fit, key)
+                if iterations.size and not numpy.isnan(values).all():
+                    axis.plot(iterations, values, color=f"C{colour}", linewidth=0.8, alpha=0.5, label=label)
+                    drawn = True
+    return drawn
+
+
+def _draw_levels(top, bottom, units, kind: str, strategies) -> None:
+    """The reference levels: V X⁺ and the mean local map (black), the exact
+    solution nearest each free strategy's initial C (its colour; the
+    compositional's lies outside what it can reach), and C = 0's error 1."""
+    for reference, style, label in (("min_norm", "--", "min-norm V X⁺"), ("mean_local_map", ":", "mean local map")):
+        level = _reference_median(units, kind, reference)
+        if not math.isnan(level):
+            top.axhline(level, color="black", linestyle=style, linewidth=1.2, label=f"{label} (median)")
+    for colour, strategy in enumerate(strategies):
+        level = _nearest_init_median(units, kind, strategy) if get_strategy(strategy).free else math.nan
+        if not math.isnan(level):
+            top.axhline(level, color=f"C{colour}", linestyle="-.", linewidth=1.2,
+                        label=f"exact, nearest the {strategy}'s initial C (median)")
+    bottom.axhline(1.0, color="grey", linestyle="--", linewidth=1.0, label="C = 0")
+
+
 def plot_nca_trajectories(path: Path, units, models: dict, strategies, *, dpi=DPI) -> None:
     """TOD-R (top) and relative error ``‖V − C X‖₁ / ‖V‖₁`` (bottom) of the
     NCA's ``C`` against iterations: one thin line per segment and strategy,
-    with the median TOD-R of the minimum-norm couplings and of the mean
-    local map as horizontal lines (docs/method.md#exact-references).
+    with the median TOD-R of the minimum-norm couplings, of the mean local
+    map and of the exact solution nearest each free strategy's initial C as
+    horizontal lines (docs/method.md#exact-references), and the relative
+    error of C = 0 (1) below.
 
     Args:
         units: the couplings results; each strategy's ``trajectory`` is a
@@ -484,32 +541,19 @@ def plot_nca_trajectories(path: Path, units, models: dict, strategies, *, dpi=DP
     for column, (kind, name) in enumerate(models.items()):
         top, bottom = axes[0, column], axes[1, column]
         top.set_title(name)
-        drawn = False
-        for colour, strategy in enumerate(strategies):
-            fits = [u["strategies"][strategy] for u in units
-                    if u["kind"] == kind and strategy in u.get("strategies", {})]
-            for index, fit in enumerate(fits):
-                label = f"{strategy} ({len(fits)} segments)" if index == 0 else None
-                for axis, key in ((top, "tod_r"), (bottom, "relative_error")):
-                    iterations, values = _trajectory(fit, key)
-                    if iterations.size and not numpy.isnan(values).all():
-                        axis.plot(iterations, values, color=f"C{colour}", linewidth=0.8, alpha=0.5, label=label)
-                        drawn = True
-        if not drawn:
+        if not _draw_trajectories(top, bottom, units, kind, strategies):
             _not_available(top, "no trajectory")
             _not_available(bottom, "no trajectory")
             continue
-        for reference, style, label in (("min_norm", "--", "min-norm V X⁺"),
-                                        ("mean_local_map", ":", "mean local map")):
-            level = _reference_median(units, kind, reference)
-            if not math.isnan(level):
-                top.axhline(level, color="black", linestyle=style, linewidth=1.2, label=f"{label} (median)")
+        _draw_levels(top, bottom, units, kind, strategies)
         for axis in (top, bottom):
             axis.set_yscale("log")
+            _plain_log_ticks(axis)
             axis.set_xlabel("iteration")
         top.set_ylabel("TOD-R (Eq. 22)")
         bottom.set_ylabel("‖V − C X‖₁ / ‖V‖₁")
         top.legend(fontsize="x-small")
+        bottom.legend(fontsize="x-small")
     figure.suptitle("NCA trajectories: TOD-R and relative error of C at its checkpoints")
     _save_png(figure, path, dpi)
 

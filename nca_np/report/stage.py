@@ -22,7 +22,7 @@ import numpy
 from .. import backend, preflight
 from ..atomic import remove_stale_temporaries, temporary_path, write_text
 from ..config import config_hash
-from ..couplings import FIGURE_SEGMENT, UNIT_KEYS, couplings_units, unit_path
+from ..couplings import FIGURE_SEGMENT, couplings_units, unit_json_damage, unit_path
 from ..errors import UserError
 from ..evaluate import evaluation_dir, report_inputs
 from ..features import StftSettings
@@ -121,7 +121,7 @@ def _load_units(ws: Workspace, segments: list[dict]) -> list[dict]:
                         f"({', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}); "
                         "run `nca-np couplings` for every shard first")
     for kind, seg in expected:
-        reason = preflight.json_damage(unit_path(ws, kind, seg), UNIT_KEYS)
+        reason = unit_json_damage(unit_path(ws, kind, seg))
         if reason is not None:
             raise UserError(f"cannot report: the couplings unit {unit_path(ws, kind, seg)} is damaged ({reason}); "
                             "run `nca-np couplings` again: it recomputes that unit")
@@ -297,6 +297,8 @@ def _figure_segment(ws: Workspace, segment: dict, kinds) -> dict:
     figure = {"track": segment["track"], "segment_index": segment["index"]}
     for kind in kinds:
         path = unit_path(ws, kind, segment).with_suffix(".npz")
+        if not path.exists() and "skipped" in json.loads(path.with_suffix(".json").read_text()):
+            continue  # the drawn run is dead: Figure 3 draws that model as not run
         if not path.exists():
             raise UserError(f"cannot report: {path} (the matrices of Figure 3) is missing; delete "
                             f"{path.with_suffix('.json')} and run `nca-np couplings` again to redo that unit")

@@ -113,12 +113,20 @@ TABLE_TITLES = {
 }
 
 
+def _fit_field(unit: dict, path: tuple) -> float:
+    """:func:`_field`, but nan for a strategy's value when its fit diverged
+    (its numbers mean nothing: they are counted as left out, not averaged)."""
+    if path[0] == "strategies" and unit.get("strategies", {}).get(path[1], {}).get("diverged"):
+        return math.nan
+    return _field(unit, path)
+
+
 def _summarise_table(table: str, by_kind: dict, kinds, strategies) -> dict:
     columns = _table_columns(table, strategies)
     rows = []
     for kind in kinds:
         units = by_kind[kind]
-        cells = {key: cell_statistics(_field(u, path) for u in units) for key, _, path in columns}
+        cells = {key: cell_statistics(_fit_field(u, path) for u in units) for key, _, path in columns}
         rows.append({"kind": kind, "model": display_name(kind), "n_segments": len(units), "cells": cells})
     return {
         "title": TABLE_TITLES[table],
@@ -292,9 +300,11 @@ def markdown(header: list[str], rows) -> str:
     return "\n".join([line(header), "|" + "---|" * len(header)] + [line(cells) for cells in rows]) + "\n"
 
 
-def markdown_table(table: dict, decimals: int, *, bold_smallest: bool = False) -> str:
-    """A summarised table as Markdown: model, n, one "mean (std)" per column."""
+def markdown_table(table: dict, decimals: int, *, bold_smallest: bool = False, no_bold=()) -> str:
+    """A summarised table as Markdown: model, n, one "mean (std)" per column;
+    with ``bold_smallest``, the smallest mean of each column not in ``no_bold`` in bold."""
     bold = _smallest_means(table) if bold_smallest else {}
+    bold = {key: kinds for key, kinds in bold.items() if key not in no_bold}
     header = ["Model", "n"] + [c["label"] for c in table["columns"]]
     rows = [[row["model"], str(row["n_segments"])]
             + [format_cell(row["cells"][c["key"]], decimals, bold=row["kind"] in bold.get(c["key"], ()))

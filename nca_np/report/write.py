@@ -17,7 +17,13 @@ The folder holds:
   ``nca_convergence.csv``, ``nca_diagnostics.json``), and at the top of
   ``report.md`` a note on what the TOD-R column measures when fits did not
   converge or the student problem is underdetermined;
+- the held-out scores of every couplings matrix (``heldout_scores.csv``,
+  ``heldout_scores.json``; docs/method.md#held-out-scores) and the paper's
+  claims with computed verdicts (``claims.csv``, :mod:`nca_np.claims`);
 - with evaluation results, the separation table (:mod:`nca_np.report.separation`).
+
+Units whose drawn run was dead (``skipped``) are counted and named, never
+averaged; a diverged fit's numbers are left out of the tables and counted.
 
 The text files are a pure function of the inputs (no clock, sorted keys,
 fixed float formats), so the same results give byte-identical tables and
@@ -28,12 +34,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import claims as paper_claims
 from ..atomic import write_json, write_text
 from . import diagnostics as nca_diagnostics
 from .checks import (check_figure_segment, check_linear_compositions, check_metadata, check_spectral_settings,
                      frequency_bins)
 from .figures import DPI, write_figures
-from .prose import render_report
+from .prose import render_report, render_without_fits
 from .separation import summarise_separation, write_separation
 from .tables import CSV_FILES, display_name, summarise, table_csv
 
@@ -87,8 +94,9 @@ def write_report(out_dir, *, units, kinds, strategies, histories, linear_composi
     """
     check_spectral_settings(sample_rate, n_fft)
     units, kinds, strategies = list(units), list(kinds), list(strategies)
-    tables = summarise(units, kinds=kinds, strategies=strategies)
-    diagnostics = nca_diagnostics.diagnose(units, kinds=kinds, strategies=strategies)
+    skipped = [u for u in units if isinstance(u, dict) and "skipped" in u]
+    units = [u for u in units if not (isinstance(u, dict) and "skipped" in u)]
+    tables, diagnostics, heldout, claim_rows = _nca_results(units, skipped, kinds, strategies)
     linear = check_linear_compositions(linear_compositions or {}, kinds)
     segment = check_figure_segment(figure_segment, kinds, strategies)
     histories = histories or {}
@@ -98,7 +106,12 @@ def write_report(out_dir, *, units, kinds, strategies, histories, linear_composi
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = _write_tables(out_dir, tables, metadata, diagnostics)
+    if tables is None:
+        write_json(out_dir / "metadata.json", metadata)
+        written = [out_dir / "metadata.json"]
+    else:
+        written = _write_tables(out_dir, tables, metadata, diagnostics)
+        written += _write_heldout_and_claims(out_dir, heldout, claim_rows)
     written += write_figures(out_dir, units=units, models={kind: display_name(kind) for kind in kinds},
                              strategies=strategies, histories=histories, linear_compositions=linear,
                              figure_segment=segment, sample_rate=sample_rate, n_fft=n_fft, dpi=dpi, hop=hop)
@@ -107,14 +120,31 @@ def write_report(out_dir, *, units, kinds, strategies, histories, linear_composi
             extra_tod_r = nca_diagnostics.reference_tod_r_series(units, kinds)
         written += write_separation(out_dir, separation_table, separation_units, units, kinds, strategies,
                                     extra_tod_r, dpi)
-    text = render_report(tables, units=units, kinds=kinds, strategies=strategies, histories=histories,
+    text = (render_without_fits if tables is None else render_report)(tables, units=units, kinds=kinds, strategies=strategies, histories=histories,
                          linear_compositions=linear, figure_segment=segment, sample_rate=sample_rate,
                          n_fft=n_fft, metadata=metadata, n_freq=frequency_bins(linear, segment, kinds),
                          separation=None if separation is None else
                          (separation_table, separation_units, separation.get("note")),
-                         diagnostics=diagnostics)
+                         diagnostics=diagnostics, heldout=heldout, claims=claim_rows)
     write_text(out_dir / "report.md", text)
     return written + [out_dir / "report.md"]
+
+
+def _nca_results(units, skipped, kinds, strategies) -> tuple:
+    """``(tables, diagnostics, held-out table, claim rows)`` of the fitted
+    units; all None but the diagnostics' ``skipped`` list when every unit
+    was skipped (its drawn run dead)."""
+    skipped_list = [{"kind": u.get("kind"), "segment": u["segment"].get("id"), "run": u.get("run"),
+                     "reason": u["skipped"]} for u in skipped]
+    if skipped and not units:
+        return None, {"skipped": skipped_list}, None, None
+    tables = summarise(units, kinds=kinds, strategies=strategies)
+    diagnostics = nca_diagnostics.diagnose(units, kinds=kinds, strategies=strategies)
+    diagnostics["skipped"] = skipped_list
+    heldout = nca_diagnostics.heldout_table(units, kinds=kinds, strategies=strategies)
+    group = nca_diagnostics.headline_group(heldout) if heldout else None
+    claim_rows = paper_claims.claims(units, tod_r_measures=paper_claims.ALL_TOD_R, heldout_group=group)
+    return tables, diagnostics, heldout, claim_rows
 
 
 def _write_tables(out_dir: Path, tables: dict, metadata: dict, diagnostics: dict) -> list[Path]:
@@ -129,3 +159,18 @@ def _write_tables(out_dir: Path, tables: dict, metadata: dict, diagnostics: dict
     return [out_dir / name for name in [*CSV_FILES.values(), "tables.json", "metadata.json",
                                         nca_diagnostics.REFERENCES_CSV, nca_diagnostics.CONVERGENCE_CSV,
                                         nca_diagnostics.DIAGNOSTICS_JSON]]
+
+
+CLAIMS_CSV = "claims.csv"
+
+
+def _write_heldout_and_claims(out_dir: Path, heldout: dict | None, claim_rows: list[dict]) -> list[Path]:
+    """The held-out table (CSV and JSON, when the units have held-out
+    scores) and the claims' verdicts (CSV)."""
+    written = []
+    if heldout is not None:
+        write_text(out_dir / nca_diagnostics.HELDOUT_CSV, nca_diagnostics.heldout_csv(heldout))
+        write_json(out_dir / nca_diagnostics.HELDOUT_JSON, heldout)
+        written += [out_dir / nca_diagnostics.HELDOUT_CSV, out_dir / nca_diagnostics.HELDOUT_JSON]
+    write_text(out_dir / CLAIMS_CSV, paper_claims.claims_csv(claim_rows))
+    return written + [out_dir / CLAIMS_CSV]
