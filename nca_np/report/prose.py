@@ -121,16 +121,17 @@ def _training_text(histories: dict, kinds) -> str:
 
 
 def _data_text(metadata: dict) -> str | None:
-    """'Data: what the audio is, from root …; test excerpts from ….
+    """'Data from root …; test excerpts from ….
     Command-line overrides: …', from ``metadata["data"]`` and
-    ``metadata["overrides"]`` (None when neither is there). The audio is
-    named by what it is (``data["audio"]``): real audio prepared under a
-    profile whose corpus setting is "synthetic" is said not to be synthetic."""
+    ``metadata["overrides"]`` (None when neither is there). The opening
+    names the audio by what it is (``data["audio"]``); here, real audio
+    prepared under a profile whose corpus setting is "synthetic" is said
+    not to be synthetic."""
     data, overrides = metadata.get("data"), metadata.get("overrides")
     parts = []
     if isinstance(data, dict):
         audio = data.get("audio")
-        parts.append(f"Data{f': {_escape(audio)},' if audio else ''} from "
+        parts.append(f"Data from "
                      f"`{_escape(data.get('root') or 'an unrecorded folder')}`; test excerpts from "
                      f"{_escape(data.get('cut_list') or 'an unrecorded cut list')}.")
         if audio and audio != "the built-in synthetic corpus" and data.get("corpus") == "synthetic":
@@ -146,8 +147,10 @@ def _run_paragraph(context: dict, kinds, strategies, histories, metadata, n_freq
     profile = _lookup(metadata, "profile", "profile.name", "profile_name", "config.profile.name",
                       "configuration.profile.name")
     corpus = _lookup(metadata, "corpus", "config.data.corpus", "configuration.data.corpus")
+    audio = _lookup(metadata, "data.audio")
     parts = [
-        f"Profile **{profile or 'not recorded'}** on the **{corpus or 'not recorded'}** corpus.",
+        f"Profile **{profile or 'not recorded'}** on " + (f"**{_escape(audio)}**." if audio else
+                                                          f"the **{corpus or 'not recorded'}** corpus."),
         f"Models {', '.join(display_name(k) for k in kinds)}, {_training_text(histories, kinds)}.",
         f"Neural couplings ({', '.join(strategies)}) fitted on {_count(context['n_segments'], 'segment')} "
         f"of T = {context['frames']} frames from {_count(context['n_tracks'], 'test track')}; "
