@@ -472,7 +472,7 @@ def test_report_md_opens_with_the_note_and_has_the_new_tables(written):
     text = (written[0][0] / "report.md").read_text()
     title, rest = text.split("\n", 1)
     headline, note = rest.lstrip().split("\n\n")[:2]
-    assert headline.startswith("With T < F the exact solutions of C X = V form a family")  # rank 8 < F = 16
+    assert headline.startswith("Where rank X < F (9 of 9 segments), the least-squares couplings of C X = V form a family")  # rank 8 < F = 16
     assert note.startswith("**What the TOD-R column measures here.**")
     assert "## Exact references" in text and "## Convergence of the NCA" in text
     assert "| least squares, minimum norm: V X⁺ | 5.00 (0.82) | 12.00 (0.00) |" in text

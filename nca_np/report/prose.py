@@ -462,9 +462,10 @@ def _headline(units, diagnostics: dict, heldout, strategies) -> list[str]:
         parts.append(nca_diagnostics.generalisation_sentence(heldout))
     regime = diagnostics["regime"]
     if regime["determined"] < regime["segments"]:
-        parts.append("With T < F the exact solutions of C X = V form a family that differs outside the span of "
-                     "the frames; the minimum-norm V X⁺ is one member of it, the one nearest C = 0 (section "
-                     "Exact references).")
+        parts.append(f"Where rank X < F ({regime['segments'] - regime['determined']} of {regime['segments']} "
+                     "segments), the least-squares couplings of C X = V form a family that differs outside the "
+                     "span of the frames; the minimum-norm V X⁺ is one member of it, the one nearest C = 0 "
+                     "(section Exact references).")
     stayed = [s for s in strategies if nca_diagnostics.stayed_at_initialisation(units, s)]
     if stayed:
         parts.append(f"The TOD-R of the {listed([strategy_label(s) for s in stayed])} is its initialisation's: "
