@@ -181,10 +181,13 @@ def diagnose(units, *, kinds, strategies) -> dict:
 
 
 def reference_tod_r_series(units, kinds) -> dict:
-    """``{series label: {kind: [TOD-R per segment]}}`` of the two references
-    that depend on no initialisation, for figures beside the NCA's TOD-R."""
+    """``{series label: {kind: [TOD-R per segment]}}`` of the references
+    that depend on no initialisation (and the cross-validated ridge, where
+    every unit has it), for figures beside the NCA's TOD-R."""
     series = {"least squares V X⁺": ("references", "min_norm", "tod_r"),
               "mean local map": ("references", "mean_local_map", "tod_r")}
+    if units and all("ridge" in u.get("references", {}) for u in units):
+        series["ridge (cross-validated)"] = ("references", "ridge", "tod_r")
     return {label: {kind: [_get(u, path) for u in units if u["kind"] == kind] for kind in kinds}
             for label, path in series.items()}
 

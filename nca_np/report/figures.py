@@ -27,8 +27,7 @@ from pathlib import Path
 
 import numpy
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
-from matplotlib.ticker import LogFormatter
+from matplotlib.ticker import FuncFormatter, LogFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from .. import metrics
 from ..models import model_kind
@@ -648,7 +647,7 @@ def plot_sdr_vs_tod_r(path: Path, sdr: dict, tod_r: dict, models: dict, *, dpi=D
         baselines: ``{label: vocals SDR (dB)}`` (optional), e.g. the mixture
             and the oracle ideal ratio mask.
     """
-    figure = _figure(6.4, 4.4)
+    figure = _figure(8.6, 4.4)  # room on the right for the legend, clear of the points
     axis = figure.subplots()
     drawn = False
     levels = []
@@ -679,6 +678,8 @@ def plot_sdr_vs_tod_r(path: Path, sdr: dict, tod_r: dict, models: dict, *, dpi=D
         # minor ticks fall inside and need labels of their own
         plain = FuncFormatter(lambda value, _: f"{value:g}")
         low, high = axis.get_xlim()
+        if high >= 20 * low:  # over a decade or more: labels at 1, 2, 5 of each decade
+            axis.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         axis.xaxis.set_major_formatter(plain)
         axis.xaxis.set_minor_formatter(plain if high < 20 * low else NullFormatter())
         axis.set_xlabel("TOD-R of the couplings (median; smaller = less diagonal)")
@@ -688,7 +689,7 @@ def plot_sdr_vs_tod_r(path: Path, sdr: dict, tod_r: dict, models: dict, *, dpi=D
         runs = [axis.plot([], [], ".", color="0.45")[0]] if run_sdr else []
         axis.legend(colours + markers + runs + lines,
                     list(models.values()) + list(tod_r) + ["one run"] * len(runs) + [l.get_label() for l in lines],
-                    fontsize="small", loc="best")
+                    fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
         axis.grid(True, which="both", alpha=0.25)
     figure.suptitle("Separation quality beside the diagonality of the mappings")
     _save_png(figure, path, dpi)

@@ -206,7 +206,8 @@ def separation_section(table, units, note) -> list[str]:
         f"CSV with inter-quartile ranges: [{SEPARATION_CSV}]({SEPARATION_CSV}); every frame's values are in "
         "the evaluation units.\n",
         ("**Separation and diagonality.** Each model's vocals SDR (median over runs and tracks of its mono "
-         "estimates) beside the TOD-R of its couplings (median over segments, Table 1's values); bars span the "
+         "estimates) beside the TOD-R of its couplings (median over segments: the NCA's fits of Table 1, and the "
+         "references of the Exact references and Held-out scores sections, one marker each); bars span the "
          "25th to 75th percentiles, grey points each run's median over tracks, and dashed lines the "
          "baselines' vocals SDR where they were evaluated. Points further left come from less diagonal "
          "mappings.\n"),

@@ -120,12 +120,13 @@ def write_report(out_dir, *, units, kinds, strategies, histories, linear_composi
             extra_tod_r = nca_diagnostics.reference_tod_r_series(units, kinds)
         written += write_separation(out_dir, separation_table, separation_units, units, kinds, strategies,
                                     extra_tod_r, dpi)
-    text = (render_without_fits if tables is None else render_report)(tables, units=units, kinds=kinds, strategies=strategies, histories=histories,
-                         linear_compositions=linear, figure_segment=segment, sample_rate=sample_rate,
-                         n_fft=n_fft, metadata=metadata, n_freq=frequency_bins(linear, segment, kinds),
-                         separation=None if separation is None else
-                         (separation_table, separation_units, separation.get("note")),
-                         diagnostics=diagnostics, heldout=heldout, claims=claim_rows)
+    render = render_without_fits if tables is None else render_report
+    text = render(tables, units=units, kinds=kinds, strategies=strategies, histories=histories,
+                  linear_compositions=linear, figure_segment=segment, sample_rate=sample_rate, n_fft=n_fft,
+                  metadata=metadata, n_freq=frequency_bins(linear, segment, kinds),
+                  separation=None if separation is None else
+                  (separation_table, separation_units, separation.get("note")),
+                  diagnostics=diagnostics, heldout=heldout, claims=claim_rows)
     write_text(out_dir / "report.md", text)
     return written + [out_dir / "report.md"]
 
