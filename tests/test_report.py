@@ -678,6 +678,8 @@ def test_table1_bolds_no_strategy_whose_tod_r_stayed_at_its_initialisation(tmp_p
     assert "| DAE | 3 | 2.00 (0.82) | **" in table1  # the compositional's smallest mean stays bold
     assert table1.count("**") == 2
     assert "The TOD-R of the NCA student is its initialisation's" in text
+    claims = text[text.index("## The paper's claims, tested"):]
+    assert "The rows on the TOD-R of the NCA student compare values their random initialisation set" in claims
 
 
 def test_a_report_of_only_skipped_units_says_so_without_tables(tmp_path):

@@ -282,7 +282,8 @@ def render_report(tables: dict, *, units, kinds, strategies, histories, linear_c
     separated = separation is not None and separation[0] is not None
     sections.append(reading_guide(diagnostics, strategies, separation=separated) + "\n")
     sections += device_lines(metadata)
-    body = _heldout_section(heldout) + _claims_section(claims)
+    stayed = [s for s in strategies if nca_diagnostics.stayed_at_initialisation(units, s)]
+    body = _heldout_section(heldout) + _claims_section(claims, stayed)
     body += _table_sections(tables, kinds, no_bold=nca_diagnostics.artefact_strategies(units, diagnostics,
                                                                                        strategies))
     body += _diagnostics_sections(diagnostics)
@@ -487,10 +488,15 @@ def _heldout_section(heldout) -> list[str]:
             nca_diagnostics.heldout_markdown(heldout)]
 
 
-def _claims_section(rows) -> list[str]:
-    """The paper's claims with their computed verdicts (:mod:`nca_np.claims`)."""
+def _claims_section(rows, stayed=()) -> list[str]:
+    """The paper's claims with their computed verdicts (:mod:`nca_np.claims`);
+    ``stayed``: the strategies whose TOD-R stayed at its initialisation's,
+    whose TOD-R rows compare what the random start set, not the models."""
     if rows is None:
         return []
+    caveat = (f"The rows on the TOD-R of the {listed([strategy_label(s) for s in stayed])} compare values "
+              "their random initialisation set (see the opening): whatever their verdict, they say nothing about "
+              "the models.\n" if stayed else None)
     return ["## The paper's claims, tested\n",
             "Each claim of the paper compared on the segments both sides were fitted on, per measure: the mean "
             "of the per-segment contrasts (a ratio for TOD-R, a difference for SNR), its "
@@ -499,6 +505,7 @@ def _claims_section(rows) -> list[str]:
             "interval. TOD-R measures: the NCA's two strategies, the ridge couplings (cross-validated on the same "
             "track, and pooled) and the mean local map; SNR measures: in-sample, and held-out on the headline "
             "group of Held-out scores. CSV: [claims.csv](claims.csv).\n",
+            *([caveat] if caveat else []),
             paper_claims.claims_markdown(rows)]
 
 
