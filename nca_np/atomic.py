@@ -29,7 +29,8 @@ STALE_AFTER_SECONDS = 24 * 3600
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)(?:@(?P<host>[^@/]*))?\.tmp$")
 
 
-def _host() -> str:
+def host_name() -> str:
+    """This machine's name as temporary and lock files record it (safe in a file name)."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "localhost"
 
 
@@ -39,7 +40,7 @@ def temporary_path(path) -> Path:
     so concurrent writers (shards, on one machine or several) never share
     one and a later run can tell whether its writer still runs."""
     path = Path(path)
-    return path.parent / f".{path.name}.{os.getpid()}@{_host()}.tmp"
+    return path.parent / f".{path.name}.{os.getpid()}@{host_name()}.tmp"
 
 
 def make_folder(folder) -> list[Path]:
@@ -123,7 +124,7 @@ def atomic_open(path, mode="wb", **open_kwargs):
         raise
 
 
-def _pid_running(pid: int) -> bool:
+def pid_running(pid: int) -> bool:
     if pid == os.getpid():
         return False  # this process writes nothing while a stage starts
     if os.name == "nt":  # os.kill would terminate it: assume it runs, let age decide
@@ -151,8 +152,8 @@ def is_stale_temporary(path, *, now: float | None = None) -> bool:
         return False
     if age > STALE_AFTER_SECONDS:
         return True
-    local = match["host"] in (None, _host())
-    return local and not _pid_running(int(match["pid"]))
+    local = match["host"] in (None, host_name())
+    return local and not pid_running(int(match["pid"]))
 
 
 def remove_stale_temporaries(folder, *, log=None) -> list[Path]:

@@ -14,7 +14,7 @@ kernel                 what it computes                            NumPy form
 :func:`squared_error`  ``Σ (ŷ − y)²`` per run, in float64, one      ``sum(square(ŷ − y))``
                        grid-wide two-stage reduction (raw kernel)
 :func:`gather_rows`    a batch of float16 frames, cast to float32  ``x[...] = store[rows]``
-:data:`ADAM`           Adam's update, one η per run (optim.py)     ``optim._update_range``
+:data:`ADAM`           Adam's update, one η per run (optim.py)     ``optim.update_range``
 =====================  ==========================================  =================================
 
 and the matrix products of a stacked model by :func:`batched_matmul`: one
@@ -84,7 +84,7 @@ GATHER_ROWS = Elementwise("nca_np_gather_rows",
 #: Adam's update (docs/method.md#training) with the bias corrections folded
 #: into ``correction`` = √(1 − β2ᵗ) / (1 − β1ᵗ) and ``eps_scaled`` = ε √(1 − β2ᵗ);
 #: ``lr`` is η, a scalar or one value per run (an (R, 1) column). Its NumPy
-#: form is ``optim._update_range``, chunk by chunk.
+#: form is ``optim.update_range``, chunk by chunk.
 ADAM = Elementwise("nca_np_adam", "T g, T lr, T beta1, T beta2, T eps_scaled, T correction", "T p, T m, T v",
                    "m = beta1 * m + (1 - beta1) * g; "
                    "v = beta2 * v + (1 - beta2) * g * g; "

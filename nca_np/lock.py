@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from .atomic import _host, _pid_running, make_folder, remove_empty_folders
+from .atomic import host_name, make_folder, pid_running, remove_empty_folders
 from .errors import UserError
 
 #: Exit status of a command refused because another holds the work folder
@@ -76,14 +76,14 @@ def _holder_is_gone(path: Path, holder: dict | None) -> bool:
             return time.time() - path.stat().st_mtime > WRITING_SECONDS
         except FileNotFoundError:
             return True
-    return holder.get("host") == _host() and not _pid_running(holder["pid"])
+    return holder.get("host") == host_name() and not pid_running(holder["pid"])
 
 
 def _refusal(path: Path, holder: dict | None) -> FolderLocked:
     if holder is None:
         return FolderLocked(f"{path} is being taken by another nca-np command: wait for it to finish, or "
                             "run this one on another --workdir")
-    if holder.get("host") != _host():
+    if holder.get("host") != host_name():
         return FolderLocked(f"the work folder is in use by {_describe(holder)}, according to {path}; "
                             f"wait for it to finish, or, if nothing runs there any more, remove {path}")
     return FolderLocked(f"the work folder is in use by {_describe(holder)} (lock {path}): wait for it to "
@@ -110,7 +110,7 @@ def _create(path: Path, record: dict) -> bool:
 def _take_over(path: Path, holder: dict | None, log) -> None:
     """Remove the stale lock ``path``: renamed first (atomic), and put back
     when what was renamed is not what was judged stale (taken meanwhile)."""
-    aside = path.with_name(f"{path.name}.{os.getpid()}@{_host()}.stale")
+    aside = path.with_name(f"{path.name}.{os.getpid()}@{host_name()}.stale")
     try:
         os.rename(path, aside)
     except FileNotFoundError:
@@ -165,7 +165,7 @@ def hold(workdir, *, shard_index: int = 0, shard_count: int = 1, command: str | 
     """
     workdir = Path(workdir)
     path = workdir / lock_name(shard_index, shard_count)
-    record = {"pid": os.getpid(), "host": _host(), "command": command or " ".join(["nca-np", *sys.argv[1:]]),
+    record = {"pid": os.getpid(), "host": host_name(), "command": command or " ".join(["nca-np", *sys.argv[1:]]),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     created = []
     try:

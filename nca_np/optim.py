@@ -62,7 +62,7 @@ def adam_step_textbook(theta, grad, m, v, t, lr, beta1, beta2, eps):
 #: product occupy the other core, and splitting the update gained nothing.
 CHUNK = 131072
 
-def _update_range(module, flat, start, stop, chunk, scratch, coefficients):
+def update_range(module, flat, start, stop, chunk, scratch, coefficients):
     """Adam on ``[start, stop)`` of the flat (θ, ∇, m, v), chunk by chunk.
 
     ``coefficients`` = (β1, β2, ε c, η c / (1 − β1ᵗ)) with c = √(1 − β2ᵗ),
@@ -176,7 +176,7 @@ class Adam:
         flat = [a.reshape(-1) for a in (p, g, m, v)]
         size = flat[0].size
         chunk = CHUNK if module is numpy else size
-        _update_range(module, flat, 0, size, chunk, self._scratch_for(module, min(chunk, size), p.dtype),
+        update_range(module, flat, 0, size, chunk, self._scratch_for(module, min(chunk, size), p.dtype),
                       coefficients)
 
     def _scratch_for(self, module, size, dtype):

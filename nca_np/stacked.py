@@ -32,7 +32,7 @@ from .kernels import (
     squared_error,
 )
 from .models import Model, build_model, model_kind
-from .optim import CHUNK, FLUSH_EVERY, Adam, _update_range, flush_tiny_moments
+from .optim import CHUNK, FLUSH_EVERY, Adam, update_range, flush_tiny_moments
 
 #: Each parameter starts at a multiple of this many elements of its run's
 #: row (256 bytes in float32), so every matrix is aligned as GPU libraries
@@ -264,7 +264,7 @@ class StackedAdam:
             scratch = self._scratch_vector(module, p.dtype)
             for r, run in enumerate(self.runs):
                 coefficients = (self.beta1, self.beta2, self.eps * c, run.lr * c / (1.0 - self.beta1 ** t))
-                _update_range(module, (p[r], grads[r], self.m[r], self.v[r]), 0, p.shape[1], scratch.shape[0],
+                update_range(module, (p[r], grads[r], self.m[r], self.v[r]), 0, p.shape[1], scratch.shape[0],
                               scratch, coefficients)
         if t % FLUSH_EVERY == 0:
             flush_tiny_moments([self.m, self.v])

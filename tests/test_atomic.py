@@ -24,7 +24,7 @@ def dead_pid() -> int:
 
 
 def temporary_of(folder, name, pid, host=None):
-    path = folder / f".{name}.{pid}@{host or atomic._host()}.tmp"
+    path = folder / f".{name}.{pid}@{host or atomic.host_name()}.tmp"
     path.write_bytes(b"half")
     return path
 

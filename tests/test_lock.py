@@ -7,11 +7,11 @@ import pytest
 
 from conftest import dead_pid
 from nca_np import lock
-from nca_np.atomic import _host
+from nca_np.atomic import host_name
 
 
 def write_holder(path, pid, host=None):
-    path.write_text(json.dumps({"pid": pid, "host": host or _host(), "command": "nca-np train",
+    path.write_text(json.dumps({"pid": pid, "host": host or host_name(), "command": "nca-np train",
                                 "started": "2026-01-01T00:00:00+0000"}))
 
 
@@ -20,7 +20,7 @@ def test_the_lock_names_its_holder_and_goes_with_the_command(tmp_path):
     with lock.hold(workdir, command="nca-np train") as path:
         assert path == workdir / ".nca-np.lock"
         holder = json.loads(path.read_text())
-        assert holder["pid"] == os.getpid() and holder["host"] == _host() and holder["command"] == "nca-np train"
+        assert holder["pid"] == os.getpid() and holder["host"] == host_name() and holder["command"] == "nca-np train"
         assert holder["started"]
     assert not workdir.exists()  # the folder made for the lock alone is removed with it
 
@@ -31,7 +31,7 @@ def test_a_live_holder_refuses_a_second_command(tmp_path, live_pid):
         with lock.hold(tmp_path):
             pass
     line = str(refused.value)
-    assert f"in use by process {live_pid} on {_host()} (nca-np train" in line and "\n" not in line
+    assert f"in use by process {live_pid} on {host_name()} (nca-np train" in line and "\n" not in line
     assert json.loads((tmp_path / ".nca-np.lock").read_text())["pid"] == live_pid  # left alone
 
 
@@ -41,7 +41,7 @@ def test_a_gone_holder_is_taken_over_with_a_line(tmp_path):
     lines = []
     with lock.hold(tmp_path, log=lines.append) as path:
         assert json.loads(path.read_text())["pid"] == os.getpid()
-    assert lines == [f"took over {path}: its holder, process {pid} on {_host()} (nca-np train, since "
+    assert lines == [f"took over {path}: its holder, process {pid} on {host_name()} (nca-np train, since "
                      "2026-01-01T00:00:00+0000), no longer runs"]
     assert not path.exists() and not list(tmp_path.iterdir())
 

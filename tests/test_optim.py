@@ -79,7 +79,7 @@ def _uncorrected_eps(correct):
 @pytest.mark.parametrize("plant", [_swapped_decay_rates, _uncorrected_eps], ids=["β1, β2 swapped", "ε not rescaled"])
 def test_the_textbook_comparison_catches_a_planted_mistake(monkeypatch, plant):
     monkeypatch.setattr(optim, "CHUNK", 7)
-    monkeypatch.setattr(optim, "_update_range", plant(optim._update_range))
+    monkeypatch.setattr(optim, "update_range", plant(optim.update_range))
     assert adam_against_textbook() > 1e-6  # a correct update differs by ~1e-15
 
 

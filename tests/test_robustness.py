@@ -118,8 +118,8 @@ def test_damaged_evaluation_files_are_named_and_computed_again(trained, tmp_path
 def test_a_second_command_on_a_held_work_folder_is_refused(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
-        from nca_np.atomic import _host
-        record = {"pid": holder.pid, "host": _host(), "command": "nca-np train", "started": "now"}
+        from nca_np.atomic import host_name
+        record = {"pid": holder.pid, "host": host_name(), "command": "nca-np train", "started": "now"}
         (tmp_path / ".nca-np.lock").write_text(json.dumps(record))
         for extra in ((), ("--shard", "1/2")):
             refused = nca(tmp_path, "train", *extra, check=False)

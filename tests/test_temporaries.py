@@ -10,7 +10,7 @@ import sys
 import numpy
 import pytest
 
-from nca_np.atomic import _host
+from nca_np.atomic import host_name
 from nca_np.data import cache, synth
 from nca_np.errors import describe_os_error
 
@@ -20,8 +20,8 @@ def temporaries(folder, live_pid):
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     folder.mkdir(parents=True, exist_ok=True)
-    live = folder / f".vocals.wav.{live_pid}@{_host()}.tmp"
-    dead = folder / f".mixture.wav.{gone.pid}@{_host()}.tmp"
+    live = folder / f".vocals.wav.{live_pid}@{host_name()}.tmp"
+    dead = folder / f".mixture.wav.{gone.pid}@{host_name()}.tmp"
     for path in (live, dead):
         path.write_bytes(b"half")
     return live, dead
