@@ -23,6 +23,7 @@ import sys
 
 import numpy
 
+from . import __version__
 from .errors import UserError
 
 ENV_VAR = "NCA_NP_BACKEND"
@@ -339,8 +340,6 @@ def versions(*packages: str) -> dict:
     one is missing)."""
     import platform
     from importlib import metadata
-
-    from . import __version__
 
     found = {"python": platform.python_version(), "nca_np": __version__, "numpy": numpy.__version__,
              "backend": name()}

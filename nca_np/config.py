@@ -18,6 +18,7 @@ import tomllib
 from pathlib import Path
 
 from .errors import ConfigError
+from .features import StftSettings
 from .models import kind_names
 from .nca import COMPOSITIONS, strategy_names
 
@@ -162,8 +163,6 @@ def validate(config: dict) -> None:
     Raises:
         ConfigError: naming the setting, its value and what it must be.
     """
-    from .features import StftSettings
-
     StftSettings.from_config(config["stft"])
     _check_known_keys(config)
     for dotted, (holds, wanted) in RULES.items():

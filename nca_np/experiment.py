@@ -39,6 +39,7 @@ from . import backend, preflight
 from .atomic import remove_stale_temporaries
 from .couplings import FIGURE_SEGMENT, couplings_stage, couplings_units, segment_table, unit_path
 from .data.cache import prepare_cache
+from .data.synth import generate_corpus
 from .errors import UserError
 from .evaluate import EvaluationUnavailable, evaluate_stage
 from .models import model_kind
@@ -57,8 +58,6 @@ __all__ = ["Shard", "Workspace", "couplings_stage", "evaluate_where_possible", "
 
 def synth_stage(ws: Workspace, *, log=print) -> Path:
     """Generate the built-in corpus (idempotent: finished tracks are kept)."""
-    from .data.synth import generate_corpus  # writes wav files: needs the audio extra
-
     data = ws.config["data"]
     # 16-bit stereo wav: the mixture and four sources
     corpus_bytes = 5 * 2 * 2 * 44100 * (data["synth_train_tracks"] * data["synth_seconds"]

@@ -66,8 +66,14 @@ import numpy
 
 from . import backend
 from .atomic import write_json, write_text
+from .couplings import fit_unit
 from .errors import UserError
-from .models import MODEL_KINDS, Model, ModelKind, register_kind
+from .models import MODEL_KINDS, Model, ModelKind, model_kind, register_kind
+from .report import diagnostics as nca_diagnostics
+from .report.figures import DPI, plot_couplings
+from .report.prose import table_caption, with_symbols
+from .report.tables import DECIMALS, TABLE1, TABLE2, TABLE3, markdown_table, summarise
+from .workspace import code_version
 
 
 class NetworkError(UserError, ValueError):
@@ -354,9 +360,6 @@ def explain(model: Model, frames, settings, out_dir, *, vocals=None, init_seed: 
         "references", "model_snr_true_db", "init_seed", …}`` as the couplings
         stage writes it (``snr_true_db`` None without ``vocals``).
     """
-    from .couplings import fit_unit
-    from .models import model_kind
-
     frames = check_frames(backend.to_host(frames), n_freq=model.n_freq, where="the frames")
     dtype = numpy.dtype(model.dtype)
     module = backend.array_module(model.params[0])
@@ -375,7 +378,7 @@ def explain(model: Model, frames, settings, out_dir, *, vocals=None, init_seed: 
     unit = {"kind": model.kind, "model": model_kind(model.kind).display_name,
             "segment": {"id": "explained", "number": 0, "track": "given frames", "index": 0,
                         "frames": int(frames.shape[1])},
-            "run": None, "config_hash": "explain", "code_version": _code_version(),
+            "run": None, "config_hash": "explain", "code_version": code_version(),
             "composition": settings.composition, "init_seed": int(init_seed), **measures,
             "frames_domain": "the model's own input features (frames as columns), as given"}
     if not truth:
@@ -385,12 +388,6 @@ def explain(model: Model, frames, settings, out_dir, *, vocals=None, init_seed: 
     _write_explanation(Path(out_dir), unit, settings, matrices, model, mixture, truth=truth,
                        sample_rate=sample_rate, dpi=dpi)
     return unit
-
-
-def _code_version() -> str:
-    from .workspace import code_version
-
-    return code_version()
 
 
 def _write_explanation(out_dir: Path, unit: dict, settings, matrices: dict, model, mixture, *, truth: bool,
@@ -406,10 +403,6 @@ def _write_explanation(out_dir: Path, unit: dict, settings, matrices: dict, mode
 def explanation_markdown(unit: dict, settings, *, truth: bool) -> str:
     """The report's NCA sections (Tables 1–3, exact references, convergence)
     for the one explained unit, with the report's own renderers."""
-    from .report import diagnostics as nca_diagnostics
-    from .report.prose import table_caption, with_symbols
-    from .report.tables import DECIMALS, TABLE1, TABLE2, TABLE3, markdown_table, summarise
-
     kinds, strategies = [unit["kind"]], list(settings.strategies)
     scored = json.loads(json.dumps(unit))
     if not truth:  # the tables take numbers: NaN, and Table 3 is left out below
@@ -446,8 +439,6 @@ def explanation_markdown(unit: dict, settings, *, truth: bool) -> str:
 def _write_figure(path: Path, unit: dict, settings, matrices: dict, model, mixture, *, sample_rate: float,
                   dpi) -> None:
     """The report's couplings figure (Figure 3) for the one explained model."""
-    from .report.figures import DPI, plot_couplings
-
     n_fft = 2 * (model.n_freq - 1)
     target = backend.to_host(model.decoder_output(mixture.T).T)
     segment = {"track": "given frames", "segment_index": 0, unit["kind"]: {**matrices, "target": target}}

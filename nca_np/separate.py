@@ -43,6 +43,8 @@ import os
 from pathlib import Path
 
 import numpy
+import scipy.signal
+from tqdm.auto import tqdm
 
 from . import backend
 from .atomic import atomic_open, remove_stale_temporaries
@@ -50,7 +52,9 @@ from .audio import audio_module
 from .data import musdb_io
 from .errors import DataError, UserError
 from .features import Scaler, StftSettings, istft, n_frames, stft, to_mono
+from .spectrograms import spectrogram_figure
 from .train import FINAL_MODEL, load_model
+from .wiener import filter as wiener_filter
 from .workspace import train_hash
 
 #: Values (frames × bins) per block: about 4 MiB of float32, so a block of
@@ -242,8 +246,6 @@ class Separator:
             multichannel one, ``m`` the mask of :meth:`_channel_block`
             (docs/method.md#separating-a-song).
         """
-        from tqdm.auto import tqdm
-
         mixture = numpy.asarray(mixture, dtype=numpy.float32)
         if mixture.ndim not in (1, 2) or mixture.shape[0] == 0:
             raise ValueError(f"vocals() takes a non-empty signal (n,) or (n, C), got shape {mixture.shape}")
@@ -288,8 +290,6 @@ class Separator:
         channels = numpy.stack([stft(piece[:, c], self.settings)[first:first + block.n_frames]
                                 for c in range(piece.shape[1])], axis=-1)
         if wiener_iterations > 0:
-            from .wiener import filter as wiener_filter
-
             vocals, _ = wiener_filter(channels, mask[..., None] * numpy.abs(channels),
                                       (1.0 - mask)[..., None] * numpy.abs(channels), wiener_iterations)
         else:
@@ -340,8 +340,6 @@ def _ratio(to_rate: int, from_rate: int) -> tuple[int, int]:
 
 
 def _resample(signal: numpy.ndarray, up: int, down: int) -> numpy.ndarray:
-    import scipy.signal
-
     return scipy.signal.resample_poly(signal, up, down, axis=0).astype(numpy.float32)
 
 
@@ -601,8 +599,6 @@ def _separate_one(path: Path, name: str, separator: Separator, out_dir: Path, op
     folder = prepare_output(out_dir / name)
     write_outputs(folder, vocals, accompaniment, rate)
     if options.figure:
-        from .spectrograms import spectrogram_figure
-
         spectrogram_figure(folder / "spectrograms.png", mixture, vocals, rate, separator.settings,
                            true_vocals=true_vocals_of(path, rate, mixture.shape[0]), title=path.name)
     if log:

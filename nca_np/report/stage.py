@@ -22,6 +22,7 @@ import numpy
 from .. import backend, preflight
 from ..atomic import remove_stale_temporaries, temporary_path, write_text
 from ..config import config_hash
+from ..data.synth import track_name
 from ..couplings import FIGURE_SEGMENT, couplings_units, unit_json_damage, unit_path
 from ..errors import UserError
 from ..evaluate import evaluation_dir, report_inputs
@@ -265,8 +266,6 @@ def audio_description(ws: Workspace, cache) -> str:
     the excerpt rule): the built-in synthetic corpus — read from the work
     folder's own copy, or with the synthetic tracks' names — or a MUSDB18
     (or MUSDB18-HQ) tree."""
-    from ..data.synth import track_name
-
     recorded = cache.manifest["data"]
     names = [entry["name"] for entry in cache.manifest["test"]]
     builtin = [track_name("test", i) for i in range(len(names))]
