@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import backend, lock
+from . import __version__, backend, lock
 from .config import load_profile
 from .couplings import couplings_stage
 from .errors import Terminated, UserError, describe_os_error
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  nca-np reproduce --plan                what the paper's protocol needs, and how long\n"
                "  nca-np train --device gpu --shard 0/4  a quarter of the trainings, on the GPU\n\n"
                "Run `nca-np COMMAND --help` for the options of a command.")
-    parser.add_argument("--version", action="version", version=f"nca_np {package_version()}")
+    parser.add_argument("--version", action="version", version=f"nca_np {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = _common_options()
     for name, text in STAGE_HELP.items():
@@ -112,21 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_separate(commands, common)
     _add_explain(commands, common)
     return parser
-
-
-def package_version() -> str:
-    """The installed package's version; from a source tree, setup.cfg's."""
-    from importlib import metadata
-
-    try:
-        return metadata.version("nca_np")
-    except metadata.PackageNotFoundError:
-        import configparser
-
-        setup = configparser.ConfigParser()
-        setup.read(Path(__file__).resolve().parent.parent / "setup.cfg", encoding="utf-8")
-        from . import __version__
-        return setup.get("metadata", "version", fallback=__version__)
 
 
 SEPARATE_HELP = "write the vocals and the accompaniment of audio files, separated by a trained run"
