@@ -624,6 +624,19 @@ def median_and_quartiles(values) -> tuple[float, float, float]:
 MIN_SDR_SPAN_DB = 6.0
 
 
+def _tod_r_axis(axis) -> None:
+    """A log TOD-R axis labelled with plain numbers ("0.9", "2"): TOD-R often
+    spans less than a decade, where only the minor ticks fall inside and need
+    labels of their own; over a decade or more, labels at 1, 2, 5 of each."""
+    axis.set_xscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    low, high = axis.get_xlim()
+    if high >= 20 * low:
+        axis.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.xaxis.set_major_formatter(plain)
+    axis.xaxis.set_minor_formatter(plain if high < 20 * low else NullFormatter())
+
+
 def plot_sdr_vs_tod_r(path: Path, sdr: dict, tod_r: dict, models: dict, *, dpi=DPI, run_sdr=None,
                       baselines=None) -> None:
     """Each model's vocals SDR beside the TOD-R of its mappings.
@@ -673,15 +686,7 @@ def plot_sdr_vs_tod_r(path: Path, sdr: dict, tod_r: dict, models: dict, *, dpi=D
     else:
         lines = _baseline_lines(axis, baselines or {})
         _sdr_limits(axis, levels + [v for v in (baselines or {}).values() if math.isfinite(v)])
-        axis.set_xscale("log")
-        # plain numbers ("0.9", "2"): TOD-R often spans less than a decade, where only the
-        # minor ticks fall inside and need labels of their own
-        plain = FuncFormatter(lambda value, _: f"{value:g}")
-        low, high = axis.get_xlim()
-        if high >= 20 * low:  # over a decade or more: labels at 1, 2, 5 of each decade
-            axis.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        axis.xaxis.set_major_formatter(plain)
-        axis.xaxis.set_minor_formatter(plain if high < 20 * low else NullFormatter())
+        _tod_r_axis(axis)
         axis.set_xlabel("TOD-R of the couplings (median; smaller = less diagonal)")
         axis.set_ylabel("vocals SDR (dB, median over runs and tracks)")
         colours = [axis.plot([], [], color=f"C{i}", linewidth=6)[0] for i in range(len(models))]
