@@ -226,7 +226,7 @@ def run(args) -> int:
     config = load_profile(args.profile or os.environ.get("NCA_NP_PROFILE", "paper"), args.overrides)
     ws = Workspace(args.workdir.resolve(), config, tuple(args.overrides))
     progress = not args.quiet and bars_can_draw()
-    shard = Shard.parse(_shard_text(args))
+    shard = Shard.parse(getattr(args, "shard", None))
     _HELD.enter_context(_work_folder_lock(args, shard))
     started = time.perf_counter()
     if args.command == "synth":
@@ -320,16 +320,6 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 #: The work folder's lock while a command runs (released when main returns).
 _HELD = contextlib.ExitStack()
-
-
-def _shard_text(args) -> str | None:
-    """``--shard``'s text; an empty one is refused (it would silently mean
-    "no sharding", every unit)."""
-    text = getattr(args, "shard", None)
-    if text is not None and not text.strip():
-        raise UserError(f"--shard {text!r} is empty: write it as i/n, e.g. 0/4 for the first of four, "
-                        "or leave the option out to do every unit")
-    return text
 
 
 def _work_folder_lock(args, shard):

@@ -109,8 +109,13 @@ class Shard:
 
     @classmethod
     def parse(cls, text: str | None) -> "Shard":
-        if not text:
+        """``"i/n"`` as a shard; None is the whole; an empty text is refused
+        (it would silently mean "no sharding", every unit)."""
+        if text is None:
             return cls()
+        if not text.strip():
+            raise UserError(f"--shard {text!r} is empty: write it as i/n, e.g. 0/4 for the first of four, "
+                            "or leave the option out to do every unit")
         try:
             index, count = (int(part) for part in text.split("/"))
         except ValueError:

@@ -410,3 +410,12 @@ def test_units_of_dead_runs_are_skipped_and_reported(reference, tmp_path, monkey
     table1 = (ws.results_dir / "table1_tod_r.csv").read_text().splitlines()
     n_segments = len(json.loads((ws.couplings_dir / "segments.json").read_text()))
     assert table1[1].split(",")[0] == "DAE" and table1[1].split(",")[3] == str(n_segments - len(skipped))
+
+
+def test_an_empty_shard_is_refused_not_read_as_the_whole():
+    from nca_np.errors import UserError
+
+    assert Shard.parse(None) == Shard()
+    for text in ("", " "):
+        with pytest.raises(UserError, match="is empty"):
+            Shard.parse(text)
